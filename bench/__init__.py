@@ -1,0 +1,1 @@
+"""dockline benchmarks: topologies, load generators, reports and the regression gate."""

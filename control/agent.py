@@ -1,0 +1,131 @@
+"""The agent: one long-running process per host that owns the Engine and serves the CLI.
+
+API: a unix stream socket (mode 0600, and the peer must be uid 0, checked with SO_PEERCRED).
+Each request is one JSON line ``{"op": "...", "args": {...}}``; each reply is one JSON line
+``{"ok": result}`` or ``{"error": {"kind": ..., "message": ...}}``. Stopping the agent leaves the
+kernel state alone, so the data plane keeps forwarding while the control plane is down.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+
+from .config import HostConfig
+from .engine import Engine
+from .errors import DocklineError
+from .netlink import netns
+
+log = logging.getLogger("dockline.agent")
+
+#: op name -> Engine method. Only these are reachable over the socket.
+OPS = {
+    "info": "info", "network_create": "network_create", "network_ls": "network_ls",
+    "network_inspect": "network_inspect", "network_rm": "network_rm", "connect": "connect",
+    "disconnect": "disconnect", "endpoint_create": "endpoint_create", "endpoint_rm": "endpoint_rm",
+    "ps": "ps", "inspect": "inspect", "port": "port", "exec_info": "exec_info", "reset": "reset",
+    "reconcile": "start",
+}
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        creds = self.request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != 0:
+            self._reply({"error": {"kind": "error", "message": "permission denied: the dockline API is root only"}})
+            return
+        for line in self.rfile:
+            try:
+                req = json.loads(line)
+                op = req["op"]
+                method = getattr(self.server.engine, OPS[op])
+                result = method(**req.get("args", {}))
+                reply = {"ok": result}
+            except DocklineError as e:
+                log.info("%s refused: %s", line.strip()[:200].decode(errors="replace"), e.message)
+                reply = {"error": e.to_dict()}
+            except (KeyError, TypeError, ValueError) as e:
+                reply = {"error": {"kind": "invalid", "message": f"bad request: {e}"}}
+            except Exception as e:   # a bug: keep serving, say what happened
+                log.exception("op failed")
+                reply = {"error": {"kind": "error", "message": f"internal error: {type(e).__name__}: {e}"}}
+            self._reply(reply)
+
+    def _reply(self, obj):
+        self.wfile.write(json.dumps(obj).encode() + b"\n")
+        self.wfile.flush()
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    engine: Engine
+
+
+def _take_lock(host: HostConfig):
+    os.makedirs(host.state_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(host.state_dir, "agent.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DocklineError(f"another agent is already running for host {host.name}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
+    """Enter the host netns, reconcile, serve until SIGTERM/SIGINT. Returns an exit code."""
+    if host.host_netns:
+        # The process is still single-threaded here, so every thread made later inherits this.
+        netns.setns_current_thread(netns.netns_path(host.host_netns))
+    lock_fd = _take_lock(host)
+    from .dns import EmbeddedDNS
+    engine = Engine(host)
+    engine.dns = EmbeddedDNS(engine.dns_lookup, host.dns_upstreams, reverse=engine.dns_reverse,
+                             can_forward=engine.dns_can_forward)
+    engine.dns.start()
+    report = engine.start()
+    log.info("agent for host %s up (datapath %s, %d networks, %d endpoints)", host.name,
+             engine.datapath.name, report["networks"], report["endpoints"])
+
+    os.makedirs(os.path.dirname(host.socket_path), mode=0o755, exist_ok=True)
+    if os.path.exists(host.socket_path):
+        os.unlink(host.socket_path)
+    old_umask = os.umask(0o177)
+    try:
+        server = _Server(host.socket_path, _Handler)
+    finally:
+        os.umask(old_umask)
+    os.chmod(host.socket_path, 0o600)
+    server.engine = engine
+
+    def stop(signum, _frame):
+        log.info("signal %d: stopping the agent; the data plane stays up", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+    print(f"dockline agent ready on {host.socket_path}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        try:
+            os.unlink(host.socket_path)
+        except FileNotFoundError:
+            pass
+        engine.dns.stop()
+        os.close(lock_fd)
+    return 0

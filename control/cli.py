@@ -1,0 +1,266 @@
+"""The ``dockline`` command: Docker-like verbs over the agent's API. Parses and prints only; the
+work happens in the agent (``dockline daemon``). Every command takes ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+
+from . import __version__, output
+from .client import Client
+from .config import DEFAULT_HOST, HostConfig
+from .errors import DocklineError
+
+
+def _short(i: str) -> str:
+    return i[:12]
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_daemon(a):
+    from .agent import run_agent
+    logging.basicConfig(level=getattr(logging, a.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath)
+    if a.dns_upstream is not None:
+        host.dns_upstreams = a.dns_upstream
+    return run_agent(host)
+
+
+def cmd_info(a, c):
+    info = c.call("info")
+    if a.json:
+        return output.emit_json(info)
+    output.kv({k: v for k, v in info.items() if k != "probe"})
+    output.table(["DATAPATH", "USABLE", "REASON"],
+                 [[k, "yes" if v["usable"] else "no", v["reason"]] for k, v in info["probe"].items()])
+
+
+def cmd_network_create(a, c):
+    net = c.call("network_create", name=a.name, driver=a.driver, subnet=a.subnet, gateway=a.gateway,
+                 ip_range=a.ip_range, internal=a.internal, mtu=a.mtu)
+    output.emit_json(net) if a.json else print(net["id"])
+
+
+def cmd_network_ls(a, c):
+    nets = c.call("network_ls")
+    if a.json:
+        return output.emit_json(nets)
+    output.table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ENDPOINTS"],
+                 [[_short(n["id"]), n["name"], n["driver"], n["subnet"], n["gateway"],
+                   "yes" if n["internal"] else "", n["endpoints"]] for n in nets])
+
+
+def cmd_network_inspect(a, c):
+    output.emit_json([c.call("network_inspect", ref=r) for r in a.names])
+
+
+def cmd_network_rm(a, c):
+    return _each(a, c, "network_rm", a.names)
+
+
+def cmd_network_connect(a, c):
+    r = c.call("connect", network=a.network, endpoint=a.endpoint, ip=a.ip, aliases=a.alias)
+    output.emit_json(r) if a.json else None
+
+
+def cmd_network_disconnect(a, c):
+    r = c.call("disconnect", network=a.network, endpoint=a.endpoint)
+    output.emit_json(r) if a.json else None
+
+
+def _each(a, c, op, refs):
+    """Docker-style bulk removal: try every name, report each failure, exit non-zero if any."""
+    done, failed = [], []
+    for ref in refs:
+        try:
+            done.append(c.call(op, ref=ref))
+            if not a.json:
+                print(ref)
+        except DocklineError as e:
+            failed.append({"name": ref, "error": e.message})
+            output.error(e.message)
+    if a.json:
+        output.emit_json({"removed": done, "failed": failed})
+    return 1 if failed else 0
+
+
+def cmd_create(a, c, start_cmd=False):
+    ep = c.call("endpoint_create", name=a.name, network=a.network, ip=a.ip, aliases=a.alias,
+                ports=a.publish, netns_spec=a.netns)
+    if start_cmd and a.command:
+        _spawn_in(ep, a.command, a.host)
+    if a.json:
+        return output.emit_json(ep)
+    print(ep["id"])
+
+
+def _spawn_in(ep, command, host):
+    """Start ``command`` detached inside the endpoint (``dockline run … -- CMD``); its output
+    goes to <state dir>/logs/<name>.log."""
+    cfg = HostConfig(name=host)
+    os.makedirs(cfg.log_dir, exist_ok=True)
+    log = open(os.path.join(cfg.log_dir, f"{ep['name']}.log"), "ab")
+    subprocess.Popen(_netns_argv(ep) + command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                     start_new_session=True)
+
+
+def _netns_argv(ep) -> list[str]:
+    if ep.get("netns_name") and ep.get("owned", True):
+        return ["ip", "netns", "exec", ep["netns_name"]]
+    return ["nsenter", f"--net={ep['netns_path']}"]
+
+
+def cmd_ps(a, c):
+    eps = c.call("ps")
+    if a.json:
+        return output.emit_json(eps)
+    output.table(["ENDPOINT ID", "NAME", "MODE", "NETWORKS", "PORTS"],
+                 [[_short(e["id"]), e["name"], e["mode"] if not e["shares"] else "container",
+                   ", ".join(f"{n}={ip}" for n, ip in e["networks"].items()), ", ".join(e["ports"])] for e in eps])
+
+
+def cmd_inspect(a, c):
+    output.emit_json([c.call("inspect", ref=r) for r in a.names])
+
+
+def cmd_rm(a, c):
+    return _each(a, c, "endpoint_rm", a.names)
+
+
+def cmd_port(a, c):
+    ports = c.call("port", ref=a.name)
+    if a.json:
+        return output.emit_json(ports)
+    for p in ports:
+        print(f"{p['container_port']}/{p['proto']} -> {p['host_ip']}:{p['host_port']}")
+
+
+def cmd_exec(a, c):
+    info = c.call("exec_info", ref=a.name)
+    argv = _netns_argv({"netns_name": info["netns_name"], "netns_path": info["netns_path"],
+                        "owned": bool(info["netns_name"])}) + a.command
+    os.execvp(argv[0], argv)
+
+
+def cmd_reset(a, c):
+    r = c.call("reset")
+    output.emit_json(r) if a.json else print(f"removed {r['endpoints']} endpoints and {r['networks']} networks")
+
+
+def cmd_reconcile(a, c):
+    r = c.call("reconcile")
+    output.emit_json(r) if a.json else output.kv(r)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    # Global options are accepted before or after the verb; the copies on sub-parsers use
+    # SUPPRESS so that an option given before the verb is not reset by the sub-parser's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--host", default=argparse.SUPPRESS, help="which host's agent to talk to")
+    p = argparse.ArgumentParser(prog="dockline", description="Container networking with an eBPF data plane.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--host", default=os.environ.get("DOCKLINE_HOST", DEFAULT_HOST),
+                   help="which host's agent to talk to (default: %(default)s)")
+    p.add_argument("--version", action="version", version=f"dockline {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("daemon", parents=[common], help="run the agent for a host")
+    d.add_argument("--host-netns", help="the host is this network namespace (tests, simulations)")
+    d.add_argument("--datapath", default=os.environ.get("DOCKLINE_DATAPATH", "auto"),
+                   help="kernel | auto (default: %(default)s)")
+    d.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
+                   help="resolver for names dockline does not know (repeatable; default: the host's)")
+    d.add_argument("--log-level", default="info")
+    d.set_defaults(func=cmd_daemon, raw=True)
+
+    sub.add_parser("info", parents=[common], help="datapath choice, probe results, counts").set_defaults(func=cmd_info)
+
+    net = sub.add_parser("network", parents=[common], help="manage networks")
+    ns = net.add_subparsers(dest="netcmd", required=True, metavar="COMMAND")
+    c = ns.add_parser("create", parents=[common], help="create a network")
+    c.add_argument("name")
+    c.add_argument("-d", "--driver", default="bridge")
+    c.add_argument("--subnet")
+    c.add_argument("--gateway")
+    c.add_argument("--ip-range")
+    c.add_argument("--internal", action="store_true", help="no traffic to or from outside the network")
+    c.add_argument("--mtu", default=1500)
+    c.set_defaults(func=cmd_network_create)
+    ns.add_parser("ls", parents=[common], help="list networks").set_defaults(func=cmd_network_ls)
+    i = ns.add_parser("inspect", parents=[common], help="show networks in detail")
+    i.add_argument("names", nargs="+")
+    i.set_defaults(func=cmd_network_inspect)
+    r = ns.add_parser("rm", parents=[common], help="remove networks")
+    r.add_argument("names", nargs="+")
+    r.set_defaults(func=cmd_network_rm)
+    for verb, fn in (("connect", cmd_network_connect), ("disconnect", cmd_network_disconnect)):
+        x = ns.add_parser(verb, parents=[common], help=f"{verb} an endpoint to/from a network")
+        x.add_argument("network")
+        x.add_argument("endpoint")
+        if verb == "connect":
+            x.add_argument("--ip")
+            x.add_argument("--alias", action="append", default=[])
+        x.set_defaults(func=fn)
+
+    for verb, helptext in (("create", "create an endpoint (a network namespace)"),
+                           ("run", "create an endpoint and start a command in it")):
+        x = sub.add_parser(verb, parents=[common], help=helptext)
+        x.add_argument("--name", required=True)
+        x.add_argument("--network", "--net", default="bridge",
+                       help="network name, host, none or container:<endpoint>")
+        x.add_argument("--ip")
+        x.add_argument("--alias", action="append", default=[])
+        x.add_argument("-p", "--publish", action="append", default=[],
+                       metavar="[HOSTIP:][HOSTPORT:]PORT[/PROTO]")
+        x.add_argument("--netns", help="adopt an existing netns: a path, a PID or a name")
+        if verb == "run":
+            x.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS… to start inside")
+            x.set_defaults(func=lambda a, c: cmd_create(a, c, start_cmd=True))
+        else:
+            x.set_defaults(func=cmd_create)
+
+    sub.add_parser("ps", parents=[common], help="list endpoints").set_defaults(func=cmd_ps)
+    x = sub.add_parser("inspect", parents=[common], help="show endpoints in detail")
+    x.add_argument("names", nargs="+")
+    x.set_defaults(func=cmd_inspect)
+    x = sub.add_parser("rm", parents=[common], help="remove endpoints")
+    x.add_argument("names", nargs="+")
+    x.set_defaults(func=cmd_rm)
+    x = sub.add_parser("port", parents=[common], help="list an endpoint's published ports")
+    x.add_argument("name")
+    x.set_defaults(func=cmd_port)
+    x = sub.add_parser("exec", parents=[common], help="run a command inside an endpoint's netns")
+    x.add_argument("name")
+    x.add_argument("command", nargs=argparse.REMAINDER)
+    x.set_defaults(func=cmd_exec)
+
+    sy = sub.add_parser("system", parents=[common], help="whole-host operations")
+    ss = sy.add_subparsers(dest="syscmd", required=True, metavar="COMMAND")
+    ss.add_parser("reset", parents=[common], help="remove every endpoint, network and rule").set_defaults(func=cmd_reset)
+    ss.add_parser("reconcile", parents=[common], help="make the kernel match the store now").set_defaults(func=cmd_reconcile)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        if getattr(args, "raw", False):
+            return args.func(args) or 0
+        return args.func(args, Client(args.host)) or 0
+    except DocklineError as e:
+        output.error(e.message)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Datapath backends and the choice between them.
+
+``kernel`` (Linux bridge + veth + iptables, the docker0-equivalent) is the reference model and the
+fallback. ``select_datapath`` is the one place that picks a backend; later backends (ebpf) register
+here with a probe that says why they can or cannot run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import InvalidArgument
+from .base import Datapath, DesiredState
+from .kernel import KernelDatapath
+
+log = logging.getLogger("dockline.datapath")
+
+BACKENDS = {"kernel": KernelDatapath}
+
+
+def probe() -> dict:
+    """{backend name: (usable, reason)} for every known backend."""
+    return {name: cls.probe() for name, cls in BACKENDS.items()}
+
+
+def select_datapath(requested: str | None, host) -> Datapath:
+    """The backend ``requested`` (``--datapath``/config), or the best one the probe allows."""
+    results = probe()
+    if requested and requested != "auto":
+        if requested not in BACKENDS:
+            raise InvalidArgument(f"unknown datapath {requested!r}: choose from {', '.join(BACKENDS)} or auto")
+        ok, why = results[requested]
+        if not ok:
+            raise InvalidArgument(f"datapath {requested} is not usable here: {why}")
+        log.info("datapath %s (requested)", requested)
+        return BACKENDS[requested](host)
+    for name in BACKENDS:   # ordered best first
+        ok, why = results[name]
+        if ok:
+            log.info("datapath %s chosen by probe: %s", name, why)
+            return BACKENDS[name](host)
+    raise InvalidArgument("no datapath is usable: " + "; ".join(f"{n}: {w}" for n, (_, w) in results.items()))

@@ -1,0 +1,98 @@
+"""Render the kernel backend's iptables rules: the same shapes Docker's bridge driver writes with
+the userland proxy disabled (hairpin mode), under DOCKLINE-* chain names so a Docker engine on the
+same host keeps its own.
+
+Pure: takes the desired state, returns ``iptables-restore`` text. The whole rule set of our chains
+is rewritten atomically on every change (``iptables-restore --noflush`` flushes each chain it
+declares); only the jumps from the built-in chains are installed one by one, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..model import Network, PortMapping
+
+NAT_CHAIN = "DOCKLINE"                       # nat: DNAT of published ports
+NAT_POST_CHAIN = "DOCKLINE-POSTROUTING"      # nat: masquerade (egress, localhost, hairpin to self)
+FWD_CHAIN = "DOCKLINE-FORWARD"               # filter: entry from FORWARD
+FILTER_CHAIN = "DOCKLINE"                    # filter: accept published ports
+ISO1_CHAIN = "DOCKLINE-ISOLATION-STAGE-1"    # filter: leaving a network for another
+ISO2_CHAIN = "DOCKLINE-ISOLATION-STAGE-2"    # filter: ... is dropped at the other network
+
+#: (table, built-in chain, rule spec) jumps that lead into our chains, inserted at position 1.
+JUMPS = (
+    ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+    # Without a userland proxy, host-originated connections (127.0.0.1 included) are DNATed too.
+    ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", NAT_CHAIN]),
+    ("nat", "POSTROUTING", ["-j", NAT_POST_CHAIN]),
+    ("filter", "FORWARD", ["-j", FWD_CHAIN]),
+)
+
+
+@dataclass
+class PublishedPort:
+    """A port mapping joined with the address and bridge it lands on."""
+
+    mapping: PortMapping
+    container_ip: str
+    bridge: str
+
+
+def render(networks: list[Network], ports: list[PublishedPort]) -> str:
+    """The complete content of our chains for ``iptables-restore --noflush``."""
+    bridged = [n for n in networks if n.driver == "bridge"]
+    nat, post, fwd, flt, iso1, iso2 = [], [], [], [], [], []
+    for n in bridged:
+        br, sub = n.bridge, n.subnet
+        if not n.internal:
+            post.append(f"-s {sub} ! -o {br} -j MASQUERADE")
+        # Connections from the host itself (127.0.0.1 included) get the bridge address as source.
+        post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")
+        fwd.append(f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        fwd.append(f"-o {br} -j {FILTER_CHAIN}")
+        if not n.internal:
+            fwd.append(f"-i {br} ! -o {br} -j ACCEPT")
+        fwd.append(f"-i {br} -o {br} -j ACCEPT")
+        # Docker's FORWARD policy is DROP; we drop only what enters our bridges unaccepted, so the
+        # host's own policy is left alone.
+        fwd.append(f"-o {br} -j DROP")
+        if n.internal:
+            iso1.append(f"! -s {sub} -o {br} -j DROP")
+            iso1.append(f"! -d {sub} -i {br} -j DROP")
+            fwd.append(f"-i {br} -j DROP")
+        else:
+            iso1.append(f"-i {br} ! -o {br} -j {ISO2_CHAIN}")
+            iso2.append(f"-o {br} -j DROP")
+    for p in ports:
+        m = p.mapping
+        dst = f"-d {m.host_ip}/32 " if m.host_ip != "0.0.0.0" else ""
+        nat.append(f"{dst}-p {m.proto} -m {m.proto} --dport {m.host_port} "
+                   f"-j DNAT --to-destination {p.container_ip}:{m.container_port}")
+        flt.append(f"-d {p.container_ip}/32 ! -i {p.bridge} -o {p.bridge} -p {m.proto} -m {m.proto} "
+                   f"--dport {m.container_port} -j ACCEPT")
+        # A container reaching its own published port: the reply must come from the host address.
+        post.append(f"-s {p.container_ip}/32 -d {p.container_ip}/32 -p {m.proto} -m {m.proto} "
+                    f"--dport {m.container_port} -j MASQUERADE")
+    iso1.append("-j RETURN")
+    iso2.append("-j RETURN")
+    fwd.insert(0, f"-j {ISO1_CHAIN}")
+
+    out = ["*nat", f":{NAT_CHAIN} - [0:0]", f":{NAT_POST_CHAIN} - [0:0]"]
+    out += [f"-A {NAT_CHAIN} {r}" for r in nat]
+    out += [f"-A {NAT_POST_CHAIN} {r}" for r in post]
+    out += ["COMMIT", "*filter", f":{FWD_CHAIN} - [0:0]", f":{FILTER_CHAIN} - [0:0]",
+            f":{ISO1_CHAIN} - [0:0]", f":{ISO2_CHAIN} - [0:0]"]
+    out += [f"-A {FWD_CHAIN} {r}" for r in fwd]
+    out += [f"-A {FILTER_CHAIN} {r}" for r in flt]
+    out += [f"-A {ISO1_CHAIN} {r}" for r in iso1]
+    out += [f"-A {ISO2_CHAIN} {r}" for r in iso2]
+    out += ["COMMIT", ""]
+    return "\n".join(out)
+
+
+def render_teardown() -> str:
+    """Flush our chains (the jumps are removed separately, then the chains deleted)."""
+    return "\n".join(["*nat", f":{NAT_CHAIN} - [0:0]", f":{NAT_POST_CHAIN} - [0:0]", "COMMIT",
+                      "*filter", f":{FWD_CHAIN} - [0:0]", f":{FILTER_CHAIN} - [0:0]",
+                      f":{ISO1_CHAIN} - [0:0]", f":{ISO2_CHAIN} - [0:0]", "COMMIT", ""])

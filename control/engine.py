@@ -1,0 +1,584 @@
+"""The control-plane library: networks, endpoints, IPAM, port publishing and DNS names.
+
+Contract of every mutating call: validate, then write the desired state to the store in one
+transaction, then make the kernel match. If the kernel step fails, what was applied is removed and
+the store change is undone, so a failed call leaves no trace. If the process dies between the two
+steps, ``start()`` (reconcile) finishes the job from the store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+
+from . import ipam
+from .config import HostConfig, bridge_name, resolv_conf_dir, veth_name
+from .datapath import select_datapath
+from .datapath.base import DesiredState
+from .errors import Conflict, DocklineError, InvalidArgument, NotFound
+from .model import (BUILTIN_NETWORKS, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Attachment, Endpoint,
+                    Network, PortMapping, mac_for_ip, parse_gateway, parse_ip, parse_ip_range, parse_mtu,
+                    parse_port_spec, parse_subnet, validate_name)
+from .netlink import netns
+from .store import SQLiteStore, Store
+
+log = logging.getLogger("dockline.engine")
+
+#: Host ports handed out for ``-p CTRPORT`` (no host port given), like Docker's ephemeral range.
+EPHEMERAL_PORTS = range(49153, 60999 + 1)
+RESOLVER_IP = "127.0.0.11"
+
+
+def _new_id() -> str:
+    return secrets.token_hex(32)
+
+
+class Engine:
+    def __init__(self, host: HostConfig, store: Store | None = None, datapath=None, dns=None):
+        self.host = host
+        self.store = store or SQLiteStore(host.db_path)
+        self.datapath = datapath or select_datapath(host.datapath, host)
+        self.dns = dns
+        self._lock = threading.RLock()
+        self._names: dict[str, dict[str, list[str]]] = {}   # endpoint id -> {name: [ips]} for DNS
+        self._ptr: dict[str, dict[str, list[str]]] = {}     # endpoint id -> {ip: [names]}
+        self._forwardable: dict[str, bool] = {}
+        self._dns_keys: set[str] = set()                     # endpoints with an open DNS listener
+
+    # ================================================================ lifecycle
+    def host_netns_path(self) -> str:
+        return netns.netns_path(self.host.host_netns) if self.host.host_netns else "/proc/1/ns/net"
+
+    def start(self) -> dict:
+        """Reconcile the kernel with the store: create what is missing, remove orphans, release
+        leaked leases. Safe to run any number of times."""
+        with self._lock:
+            self.datapath.setup_host()
+            self._ensure_builtin_networks()
+            report = self._reconcile()
+            log.info("reconciled: %s", report)
+            return report
+
+    def _ensure_builtin_networks(self):
+        with self.store.transaction() as tx:
+            have = {n.name for n in tx.networks()}
+            if DEFAULT_NETWORK not in have:
+                taken = [ipaddress.IPv4Network(n.subnet) for n in tx.networks() if n.subnet]
+                subnet = ipam.DEFAULT_BRIDGE_SUBNET
+                if ipam.overlapping(subnet, taken + self._host_routes()):
+                    subnet = ipam.pick_subnet(taken + self._host_routes())
+                net = Network(id=_new_id(), name=DEFAULT_NETWORK, driver="bridge", subnet=str(subnet),
+                              gateway=str(subnet.network_address + 1), mtu=1500, builtin=True, dns=False,
+                              bridge=bridge_name("", builtin_default=True), created=time.time())
+                tx.put_network(net)
+                tx.lease(net.id, net.gateway, ipam.GATEWAY_OWNER)
+            for name, driver in ((HOST_NETWORK, "host"), (NONE_NETWORK, "null")):
+                if name not in have:
+                    tx.put_network(Network(id=_new_id(), name=name, driver=driver, builtin=True, dns=False,
+                                           created=time.time()))
+
+    def _host_routes(self):
+        from .netlink.links import host_routes
+        try:
+            return host_routes(self.datapath.ipr)
+        except Exception:   # a datapath without netlink access (unit tests)
+            return []
+
+    def _reconcile(self) -> dict:
+        state = self.state()
+        report = {"networks": 0, "endpoints": 0, "removed": [], "released_leases": [], "dropped_endpoints": []}
+        for net in state.networks:
+            self.datapath.ensure_network(net)
+            report["networks"] += 1
+        for ep in list(state.endpoints):
+            if ep.owned and ep.mode != "host" and not ep.shares:
+                netns.ensure_netns(ep.netns_name)
+            elif not os.path.exists(ep.netns_path):
+                # An adopted namespace whose process is gone: nothing left to network.
+                log.warning("endpoint %s: adopted netns %s is gone; removing the endpoint", ep.name, ep.netns_path)
+                with self.store.transaction() as tx:
+                    tx.delete_endpoint(ep.id)
+                report["dropped_endpoints"].append(ep.name)
+                continue
+            for att in state.attachments_of(ep.id):
+                self.datapath.ensure_attachment(state.network(att.network_id), ep, att, att.index == self._primary_index(state, ep))
+            self._write_resolv_conf(state, ep)
+            report["endpoints"] += 1
+        state = self.state()
+        with self.store.transaction() as tx:   # leases whose owner no longer exists
+            owners = {e.id for e in state.endpoints} | {ipam.GATEWAY_OWNER}
+            for net_id, ip, owner in tx.leases():
+                if owner not in owners:
+                    tx.release(net_id, ip)
+                    report["released_leases"].append(ip)
+        self.datapath.sync_policy(state)
+        report["removed"] = self.datapath.remove_orphans(state)
+        wanted_ns = {e.netns_name for e in state.endpoints if e.owned and e.netns_name}
+        for name in netns.list_netns(self.host.netns_prefix):
+            if name not in wanted_ns:
+                netns.remove_netns(name)
+                shutil.rmtree(resolv_conf_dir(name), ignore_errors=True)
+                report["removed"].append(f"netns {name}")
+        self._refresh_dns(state)
+        return report
+
+    # ================================================================ reads
+    def state(self) -> DesiredState:
+        with self.store.transaction() as tx:
+            return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(), tx.ports())
+
+    def _network(self, tx, ref: str) -> Network:
+        net = tx.network(ref)
+        if net is None:
+            raise NotFound(f"network {ref} not found")
+        return net
+
+    def _endpoint(self, tx, ref: str) -> Endpoint:
+        ep = tx.endpoint(ref)
+        if ep is None:
+            raise NotFound(f"no such endpoint: {ref}")
+        return ep
+
+    def network_ls(self) -> list[dict]:
+        state = self.state()
+        return [dict(n.to_dict(), endpoints=sum(1 for a in state.attachments if a.network_id == n.id))
+                for n in state.networks]
+
+    def network_inspect(self, ref: str) -> dict:
+        with self.store.transaction() as tx:
+            net = self._network(tx, ref)
+            eps = {e.id: e for e in tx.endpoints()}
+            atts = tx.attachments(net_id=net.id)
+        d = net.to_dict()
+        d["endpoints"] = {eps[a.endpoint_id].name: {"ip": a.ip, "mac": a.mac, "aliases": a.aliases,
+                                                    "interface": a.ifname} for a in atts}
+        return d
+
+    def ps(self) -> list[dict]:
+        state = self.state()
+        out = []
+        for ep in state.endpoints:
+            nets = {state.network(a.network_id).name: a.ip for a in state.attachments_of(ep.id)}
+            ports = [str(p) for p in state.ports if p.endpoint_id == ep.id]
+            out.append(dict(ep.to_dict(), networks=nets, ports=ports))
+        return out
+
+    def inspect(self, ref: str) -> dict:
+        state = self.state()
+        with self.store.transaction() as tx:
+            ep = self._endpoint(tx, ref)
+        d = ep.to_dict()
+        d["networks"] = {state.network(a.network_id).name: dict(a.to_dict(), gateway=state.network(a.network_id).gateway)
+                         for a in state.attachments_of(ep.id)}
+        d["ports"] = [p.to_dict() for p in state.ports if p.endpoint_id == ep.id]
+        return d
+
+    def port(self, ref: str) -> list[dict]:
+        with self.store.transaction() as tx:
+            ep = self._endpoint(tx, ref)
+            return [p.to_dict() for p in tx.ports(ep.id)]
+
+    def info(self) -> dict:
+        from .datapath import probe
+        state = self.state()
+        return {"host": self.host.name, "host_netns": self.host.host_netns or "(root)",
+                "datapath": self.datapath.info(),
+                "probe": {k: {"usable": ok, "reason": why} for k, (ok, why) in probe().items()},
+                "networks": len(state.networks), "endpoints": len(state.endpoints),
+                "published_ports": len(state.ports), "dns_upstreams": self.host.dns_upstreams,
+                "store": self.host.db_path}
+
+    # ================================================================ networks
+    def network_create(self, name: str, driver: str = "bridge", subnet: str | None = None,
+                       gateway: str | None = None, ip_range: str | None = None, internal: bool = False,
+                       mtu=1500) -> dict:
+        validate_name("network", name)
+        if driver != "bridge":
+            raise InvalidArgument(f"unknown driver {driver!r}: only bridge networks can be created")
+        mtu = parse_mtu(mtu)
+        with self._lock:
+            with self.store.transaction() as tx:
+                if any(n.name == name for n in tx.networks()):
+                    raise Conflict(f"network with name {name} already exists")
+                taken = [(ipaddress.IPv4Network(n.subnet), n.name) for n in tx.networks() if n.subnet]
+                if subnet:
+                    net_cidr = parse_subnet(subnet)
+                    clash = next((nm for sn, nm in taken if sn.overlaps(net_cidr)), None)
+                    if clash:
+                        raise Conflict(f"subnet {net_cidr} overlaps with network {clash}")
+                else:
+                    if gateway or ip_range:
+                        raise InvalidArgument("--gateway and --ip-range need --subnet")
+                    net_cidr = ipam.pick_subnet([t for t, _ in taken] + self._host_routes())
+                gw = parse_gateway(gateway, net_cidr) if gateway else net_cidr.network_address + 1
+                rng = parse_ip_range(ip_range, net_cidr) if ip_range else None
+                net_id = _new_id()
+                net = Network(id=net_id, name=name, driver="bridge", subnet=str(net_cidr), gateway=str(gw),
+                              ip_range=str(rng) if rng else "", internal=internal, mtu=mtu,
+                              bridge=bridge_name(net_id), created=time.time())
+                tx.put_network(net)
+                tx.lease(net.id, net.gateway, ipam.GATEWAY_OWNER)
+            try:
+                self.datapath.ensure_network(net)
+                self.datapath.sync_policy(self.state())
+            except BaseException:
+                self._undo_network(net)
+                raise
+            log.info("network %s created: %s gw %s bridge %s%s", name, net.subnet, net.gateway, net.bridge,
+                     " internal" if internal else "")
+            return net.to_dict()
+
+    def _undo_network(self, net: Network):
+        with self.store.transaction() as tx:
+            tx.delete_network(net.id)
+        try:
+            self.datapath.remove_network(net)
+            self.datapath.sync_policy(self.state())
+        except DocklineError as e:
+            log.error("rollback of network %s incomplete: %s", net.name, e)
+
+    def network_rm(self, ref: str) -> dict:
+        with self._lock:
+            with self.store.transaction() as tx:
+                net = self._network(tx, ref)
+                if net.builtin:
+                    raise Conflict(f"network {net.name} is built in and cannot be removed")
+                atts = tx.attachments(net_id=net.id)
+                if atts:
+                    names = sorted(tx.endpoint(a.endpoint_id).name for a in atts)
+                    raise Conflict(f"network {net.name} has active endpoints ({', '.join(names)})")
+                tx.delete_network(net.id)
+            self.datapath.sync_policy(self.state())
+            self.datapath.remove_network(net)
+            log.info("network %s removed", net.name)
+            return {"removed": net.name, "id": net.id}
+
+    # ================================================================ endpoints
+    def endpoint_create(self, name: str, network: str = DEFAULT_NETWORK, ip: str | None = None,
+                        aliases: list[str] | None = None, ports: list[str] | None = None,
+                        netns_spec: str | None = None) -> dict:
+        """Create endpoint ``name`` on ``network``: a network name, ``host``, ``none`` or
+        ``container:<endpoint>``. ``netns_spec`` adopts an existing netns (path, PID or name)
+        instead of creating one."""
+        validate_name("endpoint", name)
+        aliases = [validate_name("alias", a) for a in (aliases or [])]
+        specs = [m for p in (ports or []) for m in parse_port_spec(p)]
+        static_ip = str(parse_ip(ip, "--ip")) if ip else None
+        with self._lock:
+            with self.store.transaction() as tx:
+                if any(e.name == name for e in tx.endpoints()):
+                    raise Conflict(f"the endpoint name {name} is already in use")
+                ep = Endpoint(id=_new_id(), name=name, mode="bridge", netns_path="", created=time.time())
+                if network.startswith("container:"):
+                    target = tx.endpoint(network.split(":", 1)[1])
+                    if target is None:
+                        raise NotFound(f"container:{network.split(':', 1)[1]}: no such endpoint to share a "
+                                       f"network namespace with")
+                    if target.shares:
+                        target = self._endpoint(tx, target.shares)
+                    self._refuse_extras(network, static_ip, aliases, specs)
+                    ep.mode, ep.shares, ep.netns_path, ep.owned = "container", target.id, target.netns_path, False
+                    tx.put_endpoint(ep)
+                    atts = []
+                else:
+                    net = self._network(tx, network)
+                    if net.driver == "host":
+                        self._refuse_extras("host", static_ip, aliases, specs)
+                        ep.mode, ep.netns_path, ep.owned = "host", self.host_netns_path(), False
+                    else:
+                        if netns_spec:
+                            ep.netns_path, ep.owned = netns.resolve_netns(netns_spec), False
+                        else:
+                            ep.netns_name = self.host.endpoint_netns(name)
+                            ep.netns_path = netns.netns_path(ep.netns_name)
+                            if netns.exists(ep.netns_name):
+                                raise Conflict(f"network namespace {ep.netns_name} already exists")
+                        if net.driver == "null":
+                            self._refuse_extras("none", static_ip, aliases, specs)
+                            ep.mode = "none"
+                    tx.put_endpoint(ep)
+                    atts = []
+                    if net.driver == "bridge":
+                        atts.append(self._attach_record(tx, net, ep, static_ip, aliases, index=0))
+                        self._publish_records(tx, ep, net, specs)
+            try:
+                self._apply_endpoint(ep)
+            except BaseException:
+                self._undo_endpoint(ep)
+                raise
+            log.info("endpoint %s created (%s mode) on %s%s", name, ep.mode, network,
+                     "".join(f", {a.ip}" for a in atts))
+            return self.inspect(ep.id)
+
+    @staticmethod
+    def _refuse_extras(mode, ip, aliases, specs):
+        if ip or aliases or specs:
+            raise InvalidArgument(f"--ip, --alias and -p cannot be used with network mode {mode}: "
+                                  f"the endpoint has no interface of its own")
+
+    def _attach_record(self, tx, net: Network, ep: Endpoint, static_ip, aliases, index: int) -> Attachment:
+        pool = ipam.Pool(net.subnet, net.gateway, net.ip_range)
+        leased = {ip: owner for _, ip, owner in tx.leases(net.id)}
+        if static_ip:
+            pool.check_static(ipaddress.IPv4Address(static_ip), net.name)
+            if static_ip in leased:
+                raise Conflict(f"address {static_ip} is already in use on network {net.name}")
+            addr = static_ip
+        else:
+            addr = pool.allocate(set(leased), net.name, tx.get_meta(f"last_ip:{net.id}"))
+            tx.set_meta(f"last_ip:{net.id}", addr)
+        tx.lease(net.id, addr, ep.id)
+        used = {a.ifname for a in tx.attachments(ep_id=ep.id)}
+        ifname = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
+        att = Attachment(endpoint_id=ep.id, network_id=net.id, ip=addr, mac=mac_for_ip(addr), ifname=ifname,
+                         host_ifname=veth_name(ep.id, net.id), aliases=list(aliases), index=index)
+        tx.put_attachment(att)
+        return att
+
+    def _publish_records(self, tx, ep: Endpoint, net: Network, specs):
+        if specs and net.internal:
+            raise InvalidArgument(f"cannot publish ports on internal network {net.name}")
+        existing = tx.ports()
+        for proto, host_ip, host_port, ctr_port in specs:
+            if host_port is None:
+                host_port = self._free_host_port(existing, proto, host_ip)
+            pm = PortMapping(ep.id, proto, host_ip, host_port, ctr_port)
+            clash = next((o for o in existing if o.collides_with(pm)), None)
+            if clash:
+                raise Conflict(f"bind for {host_ip}:{host_port}/{proto} failed: port is already allocated")
+            tx.put_port(pm)
+            existing.append(pm)
+
+    @staticmethod
+    def _free_host_port(existing, proto, host_ip) -> int:
+        used = {p.host_port for p in existing if p.proto == proto and (host_ip in ("0.0.0.0", p.host_ip)
+                                                                         or p.host_ip == "0.0.0.0")}
+        for port in EPHEMERAL_PORTS:
+            if port not in used:
+                return port
+        raise Conflict(f"all ports are allocated ({EPHEMERAL_PORTS.start}-{EPHEMERAL_PORTS.stop - 1}/{proto})")
+
+    def _primary_index(self, state: DesiredState, ep: Endpoint) -> int:
+        """The attachment that carries the default route: the first non-internal one."""
+        atts = state.attachments_of(ep.id)
+        for a in atts:
+            if not state.network(a.network_id).internal:
+                return a.index
+        return atts[0].index if atts else -1
+
+    def _apply_endpoint(self, ep: Endpoint):
+        if ep.owned and ep.netns_name:
+            netns.ensure_netns(ep.netns_name)
+        state = self.state()
+        primary = self._primary_index(state, ep)
+        for att in state.attachments_of(ep.id):
+            self.datapath.ensure_attachment(state.network(att.network_id), ep, att, att.index == primary)
+        self.datapath.sync_policy(state)
+        self._write_resolv_conf(state, ep)
+        self._refresh_dns(state)
+
+    def _undo_endpoint(self, ep: Endpoint):
+        """Remove every trace of ``ep`` from the kernel and the store (rollback and ``rm``)."""
+        state = self.state()
+        atts = state.attachments_of(ep.id)
+        with self.store.transaction() as tx:
+            tx.delete_endpoint(ep.id)
+        state = self.state()
+        errors = []
+        for att in atts:
+            try:
+                self.datapath.remove_attachment(next(n for n in state.networks if n.id == att.network_id), ep, att)
+                if not ep.owned and ep.mode == "bridge":
+                    from .netlink.links import remove_inside
+                    remove_inside(ep.netns_path, att.ifname)
+            except DocklineError as e:
+                errors.append(str(e))
+        try:
+            self.datapath.sync_policy(state)
+        except DocklineError as e:
+            errors.append(str(e))
+        if ep.owned and ep.netns_name:
+            self._kill_netns_processes(ep.netns_name)
+            netns.remove_netns(ep.netns_name)
+            shutil.rmtree(resolv_conf_dir(ep.netns_name), ignore_errors=True)
+        self._refresh_dns(state)
+        if errors:
+            log.error("cleanup of endpoint %s incomplete: %s", ep.name, "; ".join(errors))
+
+    @staticmethod
+    def _kill_netns_processes(name: str):
+        """Processes started with ``dockline run … CMD`` live in the netns; stop them with it."""
+        path = netns.netns_path(name)
+        try:
+            target = os.stat(path)
+        except FileNotFoundError:
+            return
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                st = os.stat(f"/proc/{pid}/ns/net")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and int(pid) != os.getpid():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def endpoint_rm(self, ref: str) -> dict:
+        with self._lock:
+            with self.store.transaction() as tx:
+                ep = self._endpoint(tx, ref)
+                sharers = [e.name for e in tx.endpoints() if e.shares == ep.id]
+                if sharers:
+                    raise Conflict(f"endpoint {ep.name} shares its network namespace with "
+                                   f"{', '.join(sorted(sharers))}; remove those first")
+            self._undo_endpoint(ep)
+            log.info("endpoint %s removed", ep.name)
+            return {"removed": ep.name, "id": ep.id}
+
+    def connect(self, network: str, endpoint: str, ip: str | None = None, aliases: list[str] | None = None) -> dict:
+        aliases = [validate_name("alias", a) for a in (aliases or [])]
+        static_ip = str(parse_ip(ip, "--ip")) if ip else None
+        with self._lock:
+            with self.store.transaction() as tx:
+                net = self._network(tx, network)
+                ep = self._endpoint(tx, endpoint)
+                if ep.mode in ("host", "container", "none") or net.driver != "bridge":
+                    raise InvalidArgument(f"endpoint {ep.name} in {ep.mode} mode cannot be connected to "
+                                          f"network {net.name}" if ep.mode != "bridge" else
+                                          f"network {net.name} is a {net.driver} network; only bridge networks "
+                                          f"can be connected")
+                current = tx.attachments(ep_id=ep.id)
+                if any(a.network_id == net.id for a in current):
+                    raise Conflict(f"endpoint {ep.name} is already connected to network {net.name}")
+                index = max((a.index for a in current), default=-1) + 1
+                att = self._attach_record(tx, net, ep, static_ip, aliases, index)
+            try:
+                self._apply_endpoint(ep)
+            except BaseException:
+                with self.store.transaction() as tx:
+                    tx.delete_attachment(ep.id, net.id)
+                    tx.release(net.id, att.ip)
+                try:
+                    self.datapath.remove_attachment(net, ep, att)
+                    self.datapath.sync_policy(self.state())
+                    self._refresh_dns(self.state())
+                except DocklineError as e:
+                    log.error("rollback of connect %s/%s incomplete: %s", net.name, ep.name, e)
+                raise
+            log.info("endpoint %s connected to %s as %s (%s)", ep.name, net.name, att.ip, att.ifname)
+            return self.inspect(ep.id)
+
+    def disconnect(self, network: str, endpoint: str) -> dict:
+        with self._lock:
+            with self.store.transaction() as tx:
+                net = self._network(tx, network)
+                ep = self._endpoint(tx, endpoint)
+                att = next((a for a in tx.attachments(ep_id=ep.id) if a.network_id == net.id), None)
+                if att is None:
+                    raise NotFound(f"endpoint {ep.name} is not connected to network {net.name}")
+                tx.delete_attachment(ep.id, net.id)
+                tx.release(net.id, att.ip)
+                remaining = tx.attachments(ep_id=ep.id)
+                if not any(not tx.network(a.network_id).internal for a in remaining):
+                    tx.delete_ports(ep.id)   # nothing left to carry them
+            self.datapath.remove_attachment(net, ep, att)
+            if not ep.owned:
+                from .netlink.links import remove_inside
+                remove_inside(ep.netns_path, att.ifname)
+            self._apply_endpoint(ep)
+            log.info("endpoint %s disconnected from %s", ep.name, net.name)
+            return self.inspect(ep.id)
+
+    def exec_info(self, ref: str) -> dict:
+        """What the CLI needs to run a command inside the endpoint."""
+        with self.store.transaction() as tx:
+            ep = self._endpoint(tx, ref)
+        return {"netns_path": ep.netns_path, "netns_name": ep.netns_name if ep.owned else "",
+                "mode": ep.mode, "name": ep.name}
+
+    def reset(self) -> dict:
+        """Remove every endpoint and user network, then our host-wide rules (tests, demos)."""
+        with self._lock:
+            state = self.state()
+            for ep in sorted(state.endpoints, key=lambda e: 0 if e.shares else 1):
+                self._undo_endpoint(ep)
+            for net in state.networks:
+                with self.store.transaction() as tx:
+                    tx.delete_network(net.id)
+                self.datapath.remove_network(net)
+            self.datapath.teardown_host()
+            self._refresh_dns(self.state())
+            log.info("reset: removed %d endpoints and %d networks", len(state.endpoints), len(state.networks))
+            return {"endpoints": len(state.endpoints), "networks": len(state.networks)}
+
+    # ================================================================ DNS
+    def _write_resolv_conf(self, state: DesiredState, ep: Endpoint):
+        """``ip netns exec`` shows /etc/netns/<name>/resolv.conf as /etc/resolv.conf inside."""
+        if not (ep.owned and ep.netns_name):
+            return
+        uses_dns = any(state.network(a.network_id).dns for a in state.attachments_of(ep.id))
+        d = resolv_conf_dir(ep.netns_name)
+        os.makedirs(d, exist_ok=True)
+        if uses_dns:
+            text = f"# written by dockline: the embedded resolver\nnameserver {RESOLVER_IP}\noptions ndots:0\n"
+        else:
+            text = "# written by dockline: the host's resolvers\n" + "".join(
+                f"nameserver {u.split(':')[0]}\n" for u in self.host.dns_upstreams)
+        with open(os.path.join(d, "resolv.conf"), "w") as f:
+            f.write(text)
+
+    def _refresh_dns(self, state: DesiredState):
+        """Rebuild the name tables the resolver reads and open/close its listeners."""
+        names: dict[str, dict[str, list[str]]] = {}
+        ptr: dict[str, dict[str, list[str]]] = {}
+        forwardable: dict[str, bool] = {}
+        by_net: dict[str, list[Attachment]] = {}
+        for a in state.attachments:
+            by_net.setdefault(a.network_id, []).append(a)
+        ep_by_id = {e.id: e for e in state.endpoints}
+        for ep in state.endpoints:
+            if ep.shares or ep.mode != "bridge":
+                continue
+            table: dict[str, list[str]] = {}
+            rev: dict[str, list[str]] = {}
+            dns_nets = [state.network(a.network_id) for a in state.attachments_of(ep.id)
+                        if state.network(a.network_id).dns]
+            for net in dns_nets:
+                for a in by_net.get(net.id, []):
+                    peer = ep_by_id[a.endpoint_id]
+                    for n in [peer.name] + list(a.aliases) + [s.name for s in state.endpoints if s.shares == peer.id]:
+                        table.setdefault(n.lower(), []).append(a.ip)
+                    rev.setdefault(a.ip, []).append(peer.name)
+            if dns_nets:
+                names[ep.id], ptr[ep.id] = table, rev
+                forwardable[ep.id] = any(not n.internal for n in dns_nets)
+        self._names, self._ptr, self._forwardable = names, ptr, forwardable
+        if self.dns is None:
+            return
+        for key in self._dns_keys - set(names):
+            self.dns.remove_listener(key)
+            self._dns_keys.discard(key)
+        for key in names:
+            ep = ep_by_id[key]
+            if key not in self._dns_keys and os.path.exists(ep.netns_path):
+                try:
+                    self.dns.add_listener(key, ep.netns_path, RESOLVER_IP, 53)
+                    self._dns_keys.add(key)
+                except DocklineError as e:
+                    log.error("DNS listener for %s: %s", ep.name, e)
+
+    def dns_lookup(self, key: str, qname: str):
+        return self._names.get(key, {}).get(qname.lower().rstrip("."))
+
+    def dns_reverse(self, key: str, ip: str):
+        return self._ptr.get(key, {}).get(ip)
+
+    def dns_can_forward(self, key: str) -> bool:
+        return self._forwardable.get(key, True)

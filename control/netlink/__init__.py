@@ -1,0 +1,1 @@
+"""Kernel plumbing over netlink (pyroute2): network namespaces, links, addresses, routes."""

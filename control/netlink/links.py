@@ -1,0 +1,176 @@
+"""Idempotent link plumbing with pyroute2: bridges, veth pairs into endpoint namespaces, addresses
+and routes. Every ``ensure_*`` may be called again on a half-built state and finishes the job;
+every ``remove_*`` tolerates a missing object. Errors name the device.
+
+Host-side calls run in the agent's netns (the host); endpoint-side calls run through
+``run_in_netns`` so they work for named and adopted (``/proc/PID/ns/net``) namespaces alike.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import subprocess
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import Conflict, DatapathError
+from .netns import run_in_netns
+
+
+def _fail(obj: str, what: str, e: Exception) -> DatapathError:
+    msg = getattr(e, "strerror", None) or str(e)
+    return DatapathError(f"{what} {obj} failed: {msg}")
+
+
+def link_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_kind(ipr: IPRoute, index: int) -> str | None:
+    (link,) = ipr.get_links(index)
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info else None
+
+
+def ensure_bridge(ipr: IPRoute, name: str, mtu: int, address: str) -> int:
+    """A bridge ``name`` with exactly ``address`` (CIDR) on it, MTU set, up. Returns its ifindex."""
+    idx = link_index(ipr, name)
+    try:
+        if idx is None:
+            ipr.link("add", ifname=name, kind="bridge")
+            idx = link_index(ipr, name)
+        elif link_kind(ipr, idx) != "bridge":
+            raise Conflict(f"interface {name} already exists but is not a bridge")
+        ipr.link("set", index=idx, mtu=mtu)
+        iface = ipaddress.IPv4Interface(address)
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+        for addr, plen in have - {(str(iface.ip), iface.network.prefixlen)}:
+            ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+        if (str(iface.ip), iface.network.prefixlen) not in have:
+            ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        ipr.link("set", index=idx, state="up")
+    except NetlinkError as e:
+        raise _fail(name, "configuring bridge", e) from None
+    return idx
+
+
+def remove_link(ipr: IPRoute, name: str) -> None:
+    idx = link_index(ipr, name)
+    if idx is None:
+        return
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise _fail(name, "removing", e) from None
+
+
+def host_links(ipr: IPRoute, prefix: str) -> list[str]:
+    """Names of links in the host netns starting with ``prefix`` (for orphan removal)."""
+    names = (l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
+    return sorted(n for n in names if n and n.startswith(prefix))
+
+
+def set_hairpin(name: str, on: bool = True) -> None:
+    """Let a bridge port send frames back out of itself (a container reaching its own published
+    port). pyroute2 0.9 has no AF_BRIDGE protinfo setter, so iproute2 does this one write."""
+    r = subprocess.run(["bridge", "link", "set", "dev", name, "hairpin", "on" if on else "off"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DatapathError(f"setting hairpin on {name} failed: {r.stderr.strip()}")
+
+
+def ensure_veth(ipr: IPRoute, host_ifname: str, bridge_index: int | None, netns_path: str,
+                ifname: str, mac: str, address: str, mtu: int, gateway: str | None) -> int:
+    """A veth pair whose host end ``host_ifname`` is a port of ``bridge_index`` (if given) and whose
+    other end is ``ifname`` inside ``netns_path`` with ``mac``, ``address`` (CIDR), ``mtu``, up, and
+    a default route via ``gateway`` when one is given. Returns the host end's ifindex."""
+    idx = link_index(ipr, host_ifname)
+    if idx is not None and not run_in_netns(netns_path, _has_link, ifname):
+        # Half-built (crash between create and move): start over.
+        remove_link(ipr, host_ifname)
+        idx = None
+    try:
+        if idx is None:
+            tmp = "dlp" + host_ifname[3:]
+            remove_link(ipr, tmp)
+            ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": tmp, "mtu": mtu})
+            idx = link_index(ipr, host_ifname)
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                ipr.link("set", index=link_index(ipr, tmp), net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            run_in_netns(netns_path, _rename, tmp, ifname)
+        ipr.link("set", index=idx, mtu=mtu)
+        if bridge_index is not None:
+            ipr.link("set", index=idx, master=bridge_index)
+        ipr.link("set", index=idx, state="up")
+    except NetlinkError as e:
+        raise _fail(host_ifname, "creating veth", e) from None
+    run_in_netns(netns_path, _configure_inside, ifname, mac, address, mtu, gateway)
+    return idx
+
+
+def _has_link(name: str) -> bool:
+    with IPRoute() as ipr:
+        return link_index(ipr, name) is not None
+
+
+def _rename(old: str, new: str) -> None:
+    with IPRoute() as ipr:
+        idx = link_index(ipr, old)
+        if link_index(ipr, new) is not None:
+            raise Conflict(f"interface {new} already exists in the endpoint's network namespace")
+        ipr.link("set", index=idx, ifname=new)
+
+
+def _configure_inside(ifname: str, mac: str, address: str, mtu: int, gateway: str | None) -> None:
+    iface = ipaddress.IPv4Interface(address)
+    with IPRoute() as ipr:
+        idx = link_index(ipr, ifname)
+        try:
+            ipr.link("set", index=idx, state="down")
+            ipr.link("set", index=idx, address=mac, mtu=mtu)
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+            want = (str(iface.ip), iface.network.prefixlen)
+            for addr, plen in have - {want}:
+                ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+            if want not in have:
+                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+            ipr.link("set", index=idx, state="up")
+            lo = link_index(ipr, "lo")
+            ipr.link("set", index=lo, state="up")
+            if gateway:
+                ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+        except NetlinkError as e:
+            raise _fail(ifname, "configuring endpoint interface", e) from None
+
+
+def remove_inside(netns_path: str, ifname: str) -> None:
+    """Delete ``ifname`` inside an endpoint netns (its veth peer on the host goes with it)."""
+    def _rm():
+        with IPRoute() as ipr:
+            remove_link(ipr, ifname)
+    if os.path.exists(netns_path):
+        run_in_netns(netns_path, _rm)
+
+
+def host_routes(ipr: IPRoute) -> list[ipaddress.IPv4Network]:
+    """IPv4 prefixes the host already routes (automatic subnets must avoid them, as Docker does)."""
+    nets = []
+    for r in ipr.get_routes(family=2, table=254):
+        dst = r.get_attr("RTA_DST")
+        if dst and r["dst_len"] > 0:
+            nets.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
+    return nets
+
+
+def write_sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> of the calling thread's netns (net.* sysctls are per netns)."""
+    with open(os.path.join("/proc/sys", path.replace(".", "/")), "w") as f:
+        f.write(value)
