@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import ipaddress
 import logging
@@ -55,9 +56,7 @@ def _open_listener_sockets(address: str, port: int) -> tuple[socket.socket, sock
     return udp, tcp
 
 
-class _Listener:
-    def __init__(self, key, path, address, port, udp, tcp):
-        self.key, self.path, self.address, self.port, self.udp, self.tcp = key, path, address, port, udp, tcp
+_Listener = collections.namedtuple("_Listener", "key path address port udp tcp")
 
 
 class _Conn:
@@ -199,9 +198,9 @@ class EmbeddedDNS:
                 return
             try:
                 data = conn.sock.recv(65537)
-            except (BlockingIOError, InterruptedError, socket.timeout):
+            except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError:     # reset by the client
                 data = b""
             if not data:
                 self._close_conn(conn)

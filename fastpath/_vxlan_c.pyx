@@ -6,7 +6,7 @@ from cpython.number cimport PyNumber_Index
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
-# One definition of the constants and the exception: the reference module's.
+# One definition of the public constants and the exception: the reference module's, re-exported.
 from .vxlan_py import OUTER_HLEN, REASONS, VXLAN_FLAG_I, VXLAN_HLEN, VXLAN_PORT, VxlanError
 
 # Mirrors of vxlan_py's private constants; every multi-byte wire field is network byte order.
@@ -64,9 +64,9 @@ cdef inline bint _is_proto_with_ports(uint8_t proto) noexcept nogil:
 
 cdef uint32_t _flow_hash(const uint8_t* f, Py_ssize_t n) noexcept nogil:
     """FNV-1a 32 over the key vxlan_py._flow_key() defines."""
-    cdef uint8_t zeros[4]
     cdef uint32_t h = FNV_OFFSET
     cdef Py_ssize_t l4
+    cdef int k
     if n >= ETH_HLEN + 20 and f[12] == 0x08 and f[13] == 0x00 and f[14] >> 4 == 4:
         l4 = ETH_HLEN + (f[14] & 0x0F) * 4
         if l4 >= ETH_HLEN + 20 and n >= l4 and not (_rd16(f + 20) & IP_MF_OFFSET):
@@ -74,8 +74,9 @@ cdef uint32_t _flow_hash(const uint8_t* f, Py_ssize_t n) noexcept nogil:
             h = _fnv(h, f + 23, 1)  # proto
             if _is_proto_with_ports(f[23]) and n >= l4 + 4:
                 return _fnv(h, f + l4, 4)
-            memset(zeros, 0, 4)
-            return _fnv(h, zeros, 4)
+            for k in range(4):  # no ports: four zero bytes, and h ^ 0 == h
+                h *= FNV_PRIME
+            return h
     return _fnv(h, f, 12 if n > 12 else n)
 
 

@@ -18,7 +18,8 @@ from dockline.control.dns import EmbeddedDNS
 from dockline.control.errors import DatapathError
 from dockline.control.netlink.netns import ensure_netns, netns_path, remove_netns, run_in_netns
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")]
 
 # Topology: listeners live in the endpoint netns; forwarding sockets are made in the "agent" netns,
 # which reaches the fake upstream resolver in the "upstream" netns over a veth pair. Nothing is
