@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.fixtures.hosts import SimHost
+from dockline.bench.simhost import SimHost
 
 #: Backends the end-to-end tests run on, with identical expectations (design.md §2: the kernel
 #: backend is the reference model). Later backends join this list.

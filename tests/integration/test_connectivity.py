@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.fixtures.netns_tools import Server, ping, request, sh
+from dockline.bench.nstools import Server, ping, request, sh
 
 pytestmark = pytest.mark.root
 
