@@ -42,14 +42,17 @@ class PublishedPort:
 def render(networks: list[Network], ports: list[PublishedPort]) -> str:
     """The complete content of our chains for ``iptables-restore --noflush``."""
     bridged = [n for n in networks if n.driver == "bridge"]
-    nat, post, fwd, flt, iso1, iso2 = [], [], [], [], [], []
+    nat, post, pre, fwd, flt, iso1, iso2 = [], [], [], [], [], [], []
     for n in bridged:
         br, sub = n.bridge, n.subnet
         if not n.internal:
             post.append(f"-s {sub} ! -o {br} -j MASQUERADE")
         # Connections from the host itself (127.0.0.1 included) get the bridge address as source.
         post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")
-        fwd.append(f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        # Before isolation: replies, and connections DNATed to a published port, which other
+        # networks may reach through the host address (never by container address).
+        pre.append(f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        pre.append(f"-o {br} -m conntrack --ctstate DNAT -j {FILTER_CHAIN}")
         fwd.append(f"-o {br} -j {FILTER_CHAIN}")
         if not n.internal:
             fwd.append(f"-i {br} ! -o {br} -j ACCEPT")
@@ -76,7 +79,7 @@ def render(networks: list[Network], ports: list[PublishedPort]) -> str:
                     f"--dport {m.container_port} -j MASQUERADE")
     iso1.append("-j RETURN")
     iso2.append("-j RETURN")
-    fwd.insert(0, f"-j {ISO1_CHAIN}")
+    fwd = pre + [f"-j {ISO1_CHAIN}"] + fwd
 
     out = ["*nat", f":{NAT_CHAIN} - [0:0]", f":{NAT_POST_CHAIN} - [0:0]"]
     out += [f"-A {NAT_CHAIN} {r}" for r in nat]
