@@ -30,6 +30,11 @@ def cmd_daemon(a):
     return run_agent(host)
 
 
+def cmd_demo(a):
+    from ..bench.demo import run_demo
+    return run_demo(a.datapath)
+
+
 def cmd_info(a, c):
     info = c.call("info")
     if a.json:
@@ -178,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
     d.add_argument("--log-level", default="info")
     d.set_defaults(func=cmd_daemon, raw=True)
+
+    d = sub.add_parser("demo", parents=[common], help="build a throwaway host and show it all working")
+    d.add_argument("--datapath", default="kernel")
+    d.set_defaults(func=cmd_demo, raw=True)
 
     sub.add_parser("info", parents=[common], help="datapath choice, probe results, counts").set_defaults(func=cmd_info)
 
