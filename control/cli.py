@@ -78,8 +78,9 @@ def cmd_network_disconnect(a, c):
 
 
 def _each(a, c, op, refs):
-    """Docker-style bulk removal: try every name, report each failure, exit non-zero if any."""
-    done, failed = [], []
+    """Docker-style bulk removal: try every name, report each failure; the exit code is that of
+    the first failure (0 if none)."""
+    done, failed, code = [], [], 0
     for ref in refs:
         try:
             done.append(c.call(op, ref=ref))
@@ -88,9 +89,10 @@ def _each(a, c, op, refs):
         except DocklineError as e:
             failed.append({"name": ref, "error": e.message})
             output.error(e.message)
+            code = code or e.exit_code
     if a.json:
         output.emit_json({"removed": done, "failed": failed})
-    return 1 if failed else 0
+    return code
 
 
 def cmd_create(a, c, start_cmd=False):

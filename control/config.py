@@ -19,7 +19,7 @@ STATE_ROOT = os.environ.get("DOCKLINE_STATE_ROOT", "/var/lib/dockline")
 RUN_ROOT = os.environ.get("DOCKLINE_RUN_ROOT", "/run/dockline")
 BPF_ROOT = "/sys/fs/bpf/dockline"
 
-_HOST_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,31}$")
+_HOST_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_-]{0,31}")
 
 
 def default_upstreams() -> list[str]:
@@ -46,7 +46,7 @@ class HostConfig:
     run_root: str = RUN_ROOT
 
     def __post_init__(self):
-        if not _HOST_RE.match(self.name):
+        if not _HOST_RE.fullmatch(self.name):
             raise InvalidArgument(f"invalid host name {self.name!r}: use 1-32 characters [a-zA-Z0-9_-]")
 
     # ---- paths

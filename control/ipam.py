@@ -63,8 +63,10 @@ class Pool:
     def allocate(self, leased: set[str], network_name: str, last: str | None = None) -> str:
         """The next free address in the range, scanning round-robin after ``last`` (as CNI
         host-local does, so a released address is not handed out again at once)."""
-        first = int(self.range.network_address) + (0 if self.range.prefixlen >= 31 else 1)
-        end = int(self.range.broadcast_address) - (0 if self.range.prefixlen >= 31 else 1)
+        # Every address of the range is a candidate (Docker hands out a range's edges too); the
+        # subnet's network, broadcast and gateway addresses are skipped below.
+        first = int(self.range.network_address)
+        end = int(self.range.broadcast_address)
         size = end - first + 1
         start = first
         if last:

@@ -19,13 +19,14 @@ BUILTIN_NETWORKS = (DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK)
 
 MODES = ("bridge", "host", "none", "container")
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+_DIGITS = re.compile(r"[0-9]{1,5}")
 MIN_MTU, MAX_MTU = 68, 65535
 
 
 def validate_name(kind: str, name: str) -> str:
     """Docker's name rule: starts alphanumeric, then ``[a-zA-Z0-9_.-]``, at most 63 characters."""
-    if not name or not _NAME_RE.match(name):
+    if not name or not _NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"invalid {kind} name {name!r}: use 1-63 characters [a-zA-Z0-9_.-], starting with a letter or digit")
     return name
@@ -177,11 +178,10 @@ def parse_ip(text: str, what: str = "address") -> ipaddress.IPv4Address:
 
 def _port_range(text: str, what: str, spec: str) -> list[int]:
     lo, sep, hi = text.partition("-")
-    try:
-        a = int(lo)
-        b = int(hi) if sep else a
-    except ValueError:
-        raise InvalidArgument(f"invalid port spec {spec!r}: {what} port {text!r} is not a number") from None
+    if not _DIGITS.fullmatch(lo) or (sep and not _DIGITS.fullmatch(hi)):
+        raise InvalidArgument(f"invalid port spec {spec!r}: {what} port {text!r} is not a number")
+    a = int(lo)
+    b = int(hi) if sep else a
     for p in (a, b):
         if not 1 <= p <= 65535:
             raise InvalidArgument(f"invalid port spec {spec!r}: {what} port {p} is outside 1-65535")

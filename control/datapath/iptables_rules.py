@@ -2,6 +2,11 @@
 the userland proxy disabled (hairpin mode), under DOCKLINE-* chain names so a Docker engine on the
 same host keeps its own.
 
+One deliberate difference from Docker: connections DNATed to a published port are accepted
+before the isolation chains, so other (non-internal) networks reach published ports through the
+host address, as the reliability suite expects; container addresses stay isolated. Internal
+networks are fenced off first of all, so they reach nothing outside their subnet.
+
 Pure: takes the desired state, returns ``iptables-restore`` text. The whole rule set of our chains
 is rewritten atomically on every change (``iptables-restore --noflush`` flushes each chain it
 declares); only the jumps from the built-in chains are installed one by one, once.
@@ -42,29 +47,29 @@ class PublishedPort:
 def render(networks: list[Network], ports: list[PublishedPort]) -> str:
     """The complete content of our chains for ``iptables-restore --noflush``."""
     bridged = [n for n in networks if n.driver == "bridge"]
-    nat, post, pre, fwd, flt, iso1, iso2 = [], [], [], [], [], [], []
+    nat, post, fence, pre, fwd, flt, iso1, iso2 = [], [], [], [], [], [], [], []
     for n in bridged:
         br, sub = n.bridge, n.subnet
-        if not n.internal:
+        if n.internal:
+            # First of all: nothing enters or leaves an internal network's subnet.
+            fence.append(f"! -s {sub} -o {br} -j DROP")
+            fence.append(f"! -d {sub} -i {br} -j DROP")
+        else:
             post.append(f"-s {sub} ! -o {br} -j MASQUERADE")
-        # Connections from the host itself (127.0.0.1 included) get the bridge address as source.
-        post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")
-        # Before isolation: replies, and connections DNATed to a published port, which other
-        # networks may reach through the host address (never by container address).
-        pre.append(f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-        pre.append(f"-o {br} -m conntrack --ctstate DNAT -j {FILTER_CHAIN}")
-        fwd.append(f"-o {br} -j {FILTER_CHAIN}")
+            # Connections from the host itself (127.0.0.1 included) get the bridge address.
+            post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")
+            # Before isolation: replies, and connections DNATed to a published port, which other
+            # networks may reach through the host address (never by container address).
+            pre.append(f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+            pre.append(f"-o {br} -m conntrack --ctstate DNAT -j {FILTER_CHAIN}")
+            fwd.append(f"-o {br} -j {FILTER_CHAIN}")
         if not n.internal:
             fwd.append(f"-i {br} ! -o {br} -j ACCEPT")
         fwd.append(f"-i {br} -o {br} -j ACCEPT")
         # Docker's FORWARD policy is DROP; we drop only what enters our bridges unaccepted, so the
         # host's own policy is left alone.
         fwd.append(f"-o {br} -j DROP")
-        if n.internal:
-            iso1.append(f"! -s {sub} -o {br} -j DROP")
-            iso1.append(f"! -d {sub} -i {br} -j DROP")
-            fwd.append(f"-i {br} -j DROP")
-        else:
+        if not n.internal:
             iso1.append(f"-i {br} ! -o {br} -j {ISO2_CHAIN}")
             iso2.append(f"-o {br} -j DROP")
     for p in ports:
@@ -79,7 +84,7 @@ def render(networks: list[Network], ports: list[PublishedPort]) -> str:
                     f"--dport {m.container_port} -j MASQUERADE")
     iso1.append("-j RETURN")
     iso2.append("-j RETURN")
-    fwd = pre + [f"-j {ISO1_CHAIN}"] + fwd
+    fwd = fence + pre + [f"-j {ISO1_CHAIN}"] + fwd
 
     out = ["*nat", f":{NAT_CHAIN} - [0:0]", f":{NAT_POST_CHAIN} - [0:0]"]
     out += [f"-A {NAT_CHAIN} {r}" for r in nat]

@@ -25,8 +25,6 @@ pytestmark = pytest.mark.root
 
 INVALID, NOT_FOUND, CONFLICT = 2, 3, 4
 
-RM_EXIT_BUG = ("bug: cli._each (used by `rm` and `network rm`) catches the DocklineError and returns 1 "
-               "instead of the error's exit_code, so a single failed removal exits 1, not {code}")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -59,8 +57,8 @@ def refused(host, args, exit_code, *named) -> str:
     """Run a CLI command that must be refused; return its error message.
 
     Checks, in this order: one ``Error: `` line on stderr that names every value in ``named``,
-    nothing on stdout, no change at all, and last the exit code (so an xfail for a wrong exit
-    code still proves the rest)."""
+    nothing on stdout, no change at all, and last the exit code.
+    """
     before = snapshot(host)
     r = host.cli(*args)
     after = snapshot(host)
@@ -92,9 +90,6 @@ def world(host):
 def case(id_, args, code, *named, marks=()):
     return pytest.param(list(args), code, list(named), id=id_, marks=marks)
 
-
-def _rm_bug(code):
-    return pytest.mark.xfail(strict=True, reason=RM_EXIT_BUG.format(code=code))
 
 
 # ----------------------------------------------------------------------------- network create
@@ -227,17 +222,17 @@ def test_failed_multi_port_create_rolls_back(world):
 
 # ----------------------------------------------------------------------------- other verbs
 OTHER = [
-    case("network-rm-unknown", ["network", "rm", "nope"], NOT_FOUND, "nope", marks=_rm_bug(NOT_FOUND)),
+    case("network-rm-unknown", ["network", "rm", "nope"], NOT_FOUND, "nope"),
     case("network-connect-unknown-network", ["network", "connect", "nope", "a"], NOT_FOUND, "nope"),
-    case("rm-unknown-endpoint", ["rm", "nope"], NOT_FOUND, "nope", marks=_rm_bug(NOT_FOUND)),
+    case("rm-unknown-endpoint", ["rm", "nope"], NOT_FOUND, "nope"),
     case("inspect-unknown-endpoint", ["inspect", "nope"], NOT_FOUND, "nope"),
     case("exec-unknown-endpoint", ["exec", "nope", "--", "true"], NOT_FOUND, "nope"),
     case("port-unknown-endpoint", ["port", "nope"], NOT_FOUND, "nope"),
     case("network-connect-unknown-endpoint", ["network", "connect", "n1", "nope"], NOT_FOUND, "nope"),
-    case("network-rm-in-use", ["network", "rm", "n1"], CONFLICT, "n1", "a", "b", marks=_rm_bug(CONFLICT)),
-    case("network-rm-builtin-bridge", ["network", "rm", "bridge"], CONFLICT, "bridge", marks=_rm_bug(CONFLICT)),
-    case("network-rm-builtin-host", ["network", "rm", "host"], CONFLICT, "host", marks=_rm_bug(CONFLICT)),
-    case("network-rm-builtin-none", ["network", "rm", "none"], CONFLICT, "none", marks=_rm_bug(CONFLICT)),
+    case("network-rm-in-use", ["network", "rm", "n1"], CONFLICT, "n1", "a", "b"),
+    case("network-rm-builtin-bridge", ["network", "rm", "bridge"], CONFLICT, "bridge"),
+    case("network-rm-builtin-host", ["network", "rm", "host"], CONFLICT, "host"),
+    case("network-rm-builtin-none", ["network", "rm", "none"], CONFLICT, "none"),
     case("network-connect-already-on", ["network", "connect", "n1", "a"], CONFLICT, "a", "n1"),
 ]
 

@@ -61,14 +61,13 @@ def test_allocate_respects_ip_range():
         leased.add(ip)
         got.append(ip)
     assert all(A(ip) in N("10.1.0.16/29") for ip in got)
-    # Current rule: the first and last address of the ip-range are skipped even when they are valid
-    # hosts of the subnet (podman-like). Docker's IPAM would also hand out .16 and .23.
-    assert got == ["10.1.0.17", "10.1.0.18", "10.1.0.19", "10.1.0.20", "10.1.0.21", "10.1.0.22"]
+    # As in Docker's IPAM, the range's edges are handed out when they are hosts of the subnet.
+    assert got == [f"10.1.0.{i}" for i in range(16, 24)]
 
 
 def test_allocate_ip_range_containing_the_gateway_skips_it():
     pool = Pool("10.1.0.0/24", "10.1.0.18", ip_range="10.1.0.16/29")
-    assert pool.allocate({"10.1.0.17"}, "web") == "10.1.0.19"
+    assert pool.allocate({"10.1.0.16", "10.1.0.17"}, "web") == "10.1.0.19"
 
 
 def test_allocate_round_robin_after_last():
@@ -87,7 +86,7 @@ def test_allocate_round_robin_wraps_around():
 
 def test_allocate_last_outside_the_range_starts_at_the_beginning():
     pool = Pool("10.1.0.0/24", "10.1.0.1", ip_range="10.1.0.64/26")
-    assert pool.allocate(set(), "web", last="10.1.0.200") == "10.1.0.65"
+    assert pool.allocate(set(), "web", last="10.1.0.200") == "10.1.0.64"
     assert pool.allocate(set(), "web", last="10.1.0.70") == "10.1.0.71"
 
 

@@ -82,8 +82,6 @@ def test_parse_port_spec_invalid_forms_name_the_value(spec, fragments):
     assert ei.value.exit_code == 2
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _port_range uses int(), which accepts '8_0', '+80', ' 80' and "
-                                       "non-ASCII digits; Docker (strconv.ParseUint) rejects them")
 @pytest.mark.parametrize("spec", ["8_0", "+80", "8080: 80", "\uff18\uff10"])
 def test_parse_port_spec_rejects_non_decimal_numbers(spec):
     with pytest.raises(InvalidArgument, match="is not a number"):
@@ -222,15 +220,11 @@ def test_mac_for_ip_is_docker_rule(ip, mac):
     assert mac_for_ip(ip) == mac
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _NAME_RE ends in '$', which in Python also matches before a "
-                                       "trailing newline, so 'web\\n' passes validate_name; use re.fullmatch or \\Z")
 def test_validate_name_rejects_trailing_newline():
     with pytest.raises(InvalidArgument):
         validate_name("network", "web\n")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: config._HOST_RE ends in '$' (matches before a trailing newline), "
-                                       "so HostConfig(name='h1\\n') is accepted")
 def test_host_name_rejects_trailing_newline():
     with pytest.raises(InvalidArgument):
         HostConfig(name="h1\n", dns_upstreams=[])
