@@ -12,12 +12,32 @@ DEBIAN_PACKAGES=(
   iproute2 iptables nftables ethtool conntrack   # netlink tools, the kernel backend's rules
   iputils-ping dnsutils netcat-openbsd socat tcpdump util-linux
   iperf3 wrk                                     # load generators for tests and benchmarks
+  docker.io busybox-static                       # docker0 baseline (bench/docker_host.py): dockerd
+                                                 # confined to a netns, image built from busybox
 )
 
 echo "== Debian packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
+# docker.io's (and containerd's) maintainer scripts start their daemons through invoke-rc.d. This
+# machine has no systemd (PID 1 is not an init), so that would be the SysV script: a dockerd in the
+# ROOT network namespace, creating docker0 and rewriting the root netns's iptables. The benchmark
+# must never touch the root netns; it runs its own dockerd inside a netns it creates
+# (bench/docker_host.py). A policy-rc.d that exits 101 ("action forbidden") makes invoke-rc.d skip
+# every start during this install. It is temporary: an existing one (Docker-built images ship
+# one) is put back afterwards, ours is removed, also when the install fails.
+POLICY=/usr/sbin/policy-rc.d
+POLICY_SAVED=""
+if [ -e "$POLICY" ]; then POLICY_SAVED=$(mktemp); cp -p "$POLICY" "$POLICY_SAVED"; fi
+restore_policy() {
+  if [ -n "$POLICY_SAVED" ]; then mv -f "$POLICY_SAVED" "$POLICY"; else rm -f "$POLICY"; fi
+}
+trap restore_policy EXIT
+printf '#!/bin/sh\n# temporary, from dockline setup.sh: start no service during apt-get install\nexit 101\n' >"$POLICY"
+chmod 755 "$POLICY"
 apt-get install -y -q --no-install-recommends "${DEBIAN_PACKAGES[@]}"
+restore_policy
+trap - EXIT
 
 echo "== kernel headers for bcc"
 # bcc looks in /lib/modules/$(uname -r)/{build,source}. When the running kernel has no headers

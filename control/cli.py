@@ -35,6 +35,13 @@ def cmd_demo(a):
     return run_demo(a.datapath)
 
 
+def cmd_bench(a):
+    from ..bench.main import run_bench
+    return run_bench(a.out, quick=a.quick, rounds=a.rounds, duration=a.duration, metrics=a.metric,
+                     candidates=a.datapath, baseline=a.baseline, check=a.check, tolerance=a.tolerance,
+                     write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json)
+
+
 def cmd_info(a, c):
     info = c.call("info")
     if a.json:
@@ -189,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", parents=[common], help="build a throwaway host and show it all working")
     d.add_argument("--datapath", default="kernel")
     d.set_defaults(func=cmd_demo, raw=True)
+
+    b = sub.add_parser("bench", parents=[common], help="benchmark against docker0 and the loopback ceiling")
+    b.add_argument("--out", default="bench/out", help="report folder (default: %(default)s)")
+    b.add_argument("--quick", action="store_true", help="the regression gate's subset: 3 rounds of 1 s")
+    b.add_argument("--rounds", type=int)
+    b.add_argument("--duration", type=float, help="seconds per measurement")
+    b.add_argument("--metric", action="append", help="only these metric ids (repeatable)")
+    b.add_argument("--datapath", action="append", help="candidate dockline backends (default: kernel)")
+    b.add_argument("--baseline", default="auto", choices=("auto", "docker", "equivalent"),
+                   help="docker0: real Docker if it answers (auto), required (docker), or the equivalent")
+    b.add_argument("--check", metavar="BASELINE.json", help="fail if a ratio regressed against this file")
+    b.add_argument("--tolerance", type=float, help="allowed fractional drop (default: the file's)")
+    b.add_argument("--write-baseline", metavar="FILE", help="write this run's ratios as a gate baseline")
+    b.add_argument("--inject-slowdown", type=float, default=0.0, metavar="FRACTION",
+                   help="slow the candidates down for real (netem) to prove the gate catches it")
+    b.set_defaults(func=cmd_bench, raw=True)
 
     sub.add_parser("info", parents=[common], help="datapath choice, probe results, counts").set_defaults(func=cmd_info)
 

@@ -1,0 +1,100 @@
+"""The docker0 baseline: a real Docker engine (confined to its own netns, bench/docker_host.py)
+when one can run here, otherwise the docker0-equivalent (dockline's kernel backend, which writes
+Docker's bridge and iptables rules). The report names which one was used and why."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import time
+
+from .simhost import HOST_IP, OUTSIDE_IP
+from .targets import (FILLER_BASE, PUBLISHED_CTR_PORT, PUBLISHED_HOST_PORT, DocklineTarget, Endpoints, Target,
+                      _count_procs, rss_kib, slab_kib)
+
+log = logging.getLogger("dockline.bench")
+
+
+class DockerTarget(Target):
+    name = "docker0"
+    kind = "baseline"
+
+    def __init__(self, userland_proxy: bool = True):
+        self.userland_proxy = userland_proxy
+        self.dh = None
+        self._mappings = None
+
+    def describe(self):
+        v = self.version if self.dh else "?"
+        return (f"real Docker {v} (dockerd in its own netns, default bridge docker0, "
+                f"userland-proxy {'on' if self.userland_proxy else 'off'})")
+
+    def build(self, tmpdir):
+        from .docker_host import DockerHost
+        self.dh = DockerHost(pathlib.Path(tmpdir) / "docker", userland_proxy=self.userland_proxy)
+        self.dh.start()
+        self.version = self.dh.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+        self.dh.ensure_image()
+        self.srv = self.dh.run_container("srv")
+        self.cli = self.dh.run_container("cli")
+
+    def teardown(self):
+        if self.dh:
+            self.dh.cleanup()
+            self.dh = None
+
+    def c2c(self):
+        return Endpoints(self.cli["netns_path"], self.srv["netns_path"], self.srv["ip"])
+
+    def egress(self):
+        from ..control.netlink.netns import netns_path
+        return Endpoints(self.cli["netns_path"], netns_path(self.dh.out_ns), OUTSIDE_IP)
+
+    def published(self, mappings):
+        from ..control.netlink.netns import netns_path
+        if self._mappings != mappings:
+            self.dh.rm("pub", "filler")
+            if mappings > 1:
+                self.dh.run_container("filler", ports=[f"{FILLER_BASE}-{FILLER_BASE + mappings - 2}:80"])
+            self.pub = self.dh.run_container("pub", ports=[f"{PUBLISHED_HOST_PORT}:{PUBLISHED_CTR_PORT}"])
+            self._mappings = mappings
+        return Endpoints(netns_path(self.dh.out_ns), self.pub["netns_path"], HOST_IP, PUBLISHED_HOST_PORT)
+
+    def publish_cost(self, n):
+        daemon = self.dh.dockerd_pid()
+        self.dh.rm("cost", "cost1")
+        rss0, slab0, procs0 = rss_kib(daemon), slab_kib(), _count_procs()
+        t0 = time.perf_counter()
+        self.dh.run_container("cost", ports=[f"30000-{30000 + n - 1}:80"])
+        t_bulk = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.dh.run_container("cost1", ports=["45000:80"])
+        t_one = time.perf_counter() - t0
+        proxies = self.dh.proxy_rss_kib()
+        rss1, slab1, procs1 = rss_kib(daemon), slab_kib(), _count_procs()
+        self.dh.rm("cost1")
+        t0 = time.perf_counter()
+        self.dh.run_container("cost1")
+        t_bare = time.perf_counter() - t0
+        self.dh.rm("cost", "cost1")
+        return {"ports": n, "bulk_s": t_bulk, "one_more_s": t_one, "endpoint_without_ports_s": t_bare,
+                "agent_rss_delta_mib": (rss1 - rss0 + proxies) / 1024, "slab_delta_mib": (slab1 - slab0) / 1024,
+                "extra_processes": procs1 - procs0}
+
+
+def docker_baseline(mode: str = "auto") -> Target:
+    """``auto``: real Docker if it can run, else the equivalent; ``docker``: real Docker or fail;
+    ``equivalent``: always the equivalent."""
+    if mode != "equivalent":
+        from .docker_host import DockerHost
+        ok, why = DockerHost.available()
+        if ok:
+            return DockerTarget()
+        if mode == "docker":
+            raise RuntimeError(f"no Docker engine can run here: {why}")
+        log.warning("docker0 baseline: no Docker engine (%s); using the docker0-equivalent", why)
+    else:
+        why = "requested"
+    return DocklineTarget("kernel", name="docker0", kind="baseline",
+                          description=f"docker0-equivalent: Linux bridge + veth + Docker's iptables rules "
+                                      f"(dockline kernel backend); real Docker not used: {why}")

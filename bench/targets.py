@@ -1,0 +1,197 @@
+"""Benchmark targets: the datapaths measured side by side, each able to build the benchmark
+topologies in fresh namespaces and tear them down.
+
+A target answers, per topology, "where does the client run, where does the server run, and which
+address does the client dial" (``Endpoints``). Namespaces are given as paths usable with
+``nsenter --net=``. Servers are started by the metrics module, not here.
+
+    c2c        client container  ──bridge──►  server container          (P1, P2, P5)
+    published  outside netns ──uplink──► host:PORT ──DNAT──► container  (P3)
+    egress     client container ──masquerade──► outside netns           (egress throughput)
+    loopback   one netns, 127.0.0.1                                    (the physical ceiling)
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import pathlib
+import time
+from dataclasses import dataclass
+
+from ..control.netlink import netns
+from .simhost import HOST_IP, OUTSIDE_IP, SimHost
+
+#: Container port of the CRR server behind the published port, and the published host port.
+PUBLISHED_CTR_PORT = 7002
+PUBLISHED_HOST_PORT = 8000
+#: Host ports used to fill the NAT table ahead of the measured mapping.
+FILLER_BASE = 20000
+
+
+@dataclass
+class Endpoints:
+    client_ns: str      # netns path of the client
+    server_ns: str      # netns path of the server
+    dial_ip: str        # address the client connects to
+    dial_port: int | None = None   # port the client dials when it differs from the server's
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def slab_kib() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Slab:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Target(abc.ABC):
+    name = "abstract"
+    kind = "abstract"       # "baseline", "candidate" or "ceiling"
+
+    def describe(self) -> str:
+        return self.name
+
+    @abc.abstractmethod
+    def build(self, tmpdir: pathlib.Path) -> None: ...
+
+    @abc.abstractmethod
+    def teardown(self) -> None: ...
+
+    @abc.abstractmethod
+    def c2c(self) -> Endpoints: ...
+
+    def published(self, mappings: int) -> Endpoints | None:
+        return None
+
+    def egress(self) -> Endpoints | None:
+        return None
+
+    def publish_cost(self, n: int) -> dict | None:
+        return None
+
+    def apply_delay(self) -> None:
+        """Apply ``self.delay_us`` of injected delay to the server side (bench/faults.py)."""
+        raise NotImplementedError(f"{self.name} does not support fault injection")
+
+
+class LoopbackTarget(Target):
+    """Client and server in one namespace over 127.0.0.1: no bridge, no veth, no NAT."""
+
+    name = "loopback"
+    kind = "ceiling"
+
+    def build(self, tmpdir):
+        self.ns = "dlb" + os.urandom(3).hex() + "-lo"
+        netns.ensure_netns(self.ns)
+
+    def teardown(self):
+        netns.remove_netns(self.ns)
+
+    def c2c(self):
+        p = netns.netns_path(self.ns)
+        return Endpoints(p, p, "127.0.0.1")
+
+
+class DocklineTarget(Target):
+    """A dockline agent with the given backend on a simulated host (bench/simhost.py)."""
+
+    kind = "candidate"
+
+    def __init__(self, datapath: str = "kernel", name: str | None = None, kind: str | None = None,
+                 description: str | None = None):
+        self.datapath = datapath
+        self.name = name or datapath
+        self.kind = kind or self.kind
+        self._description = description or f"dockline, {datapath} backend"
+        self.host: SimHost | None = None
+        self._mappings = None
+        self.delay_us = 0            # fault injection (bench/faults.py): netem on server veths
+
+    def describe(self):
+        return self._description
+
+    def build(self, tmpdir):
+        self.host = SimHost(pathlib.Path(tmpdir) / self.name, datapath=self.datapath)
+        self.host.start_agent()
+        self.host.call("network_create", name="bench")
+        self.host.call("endpoint_create", name="srv", network="bench")
+        self.host.call("endpoint_create", name="cli", network="bench")
+        self.srv_ip = self.host.call("inspect", ref="srv")["networks"]["bench"]["ip"]
+
+    def teardown(self):
+        if self.host:
+            self.host.cleanup()
+            self.host = None
+
+    def _ns(self, ep):
+        return netns.netns_path(self.host.ep_ns(ep))
+
+    def c2c(self):
+        return Endpoints(self._ns("cli"), self._ns("srv"), self.srv_ip)
+
+    def egress(self):
+        return Endpoints(self._ns("cli"), netns.netns_path(self.host.out_ns), OUTSIDE_IP)
+
+    def published(self, mappings):
+        if self._mappings != mappings:
+            for ep in ("pub", "filler"):
+                if any(e["name"] == ep for e in self.host.call("ps")):
+                    self.host.call("endpoint_rm", ref=ep)
+            if mappings > 1:   # filler mappings come first, so the measured rule is the last one
+                self.host.call("endpoint_create", name="filler", network="bench",
+                               ports=[f"{FILLER_BASE}-{FILLER_BASE + mappings - 2}:80"])
+            self.host.call("endpoint_create", name="pub", network="bench",
+                           ports=[f"{PUBLISHED_HOST_PORT}:{PUBLISHED_CTR_PORT}"])
+            self._mappings = mappings
+            self.apply_delay()
+        return Endpoints(netns.netns_path(self.host.out_ns), self._ns("pub"), HOST_IP, PUBLISHED_HOST_PORT)
+
+    def publish_cost(self, n):
+        """Time and memory to publish ``n`` ports on one endpoint, then one more port."""
+        agent = self.host.agent.pid
+        for ep in ("cost", "cost1"):
+            if any(e["name"] == ep for e in self.host.call("ps")):
+                self.host.call("endpoint_rm", ref=ep)
+        self.host.call("endpoint_create", name="cost", network="bench")
+        self.host.call("endpoint_rm", ref="cost")
+        rss0, slab0, procs0 = rss_kib(agent), slab_kib(), _count_procs()
+        t0 = time.perf_counter()
+        self.host.call("endpoint_create", name="cost", network="bench", ports=[f"30000-{30000 + n - 1}:80"])
+        t_bulk = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.host.call("endpoint_create", name="cost1", network="bench", ports=["45000:80"])
+        t_one = time.perf_counter() - t0
+        rss1, slab1, procs1 = rss_kib(agent), slab_kib(), _count_procs()
+        # the endpoint itself (netns, veth) costs time too: measure an endpoint with no ports
+        self.host.call("endpoint_rm", ref="cost1")
+        t0 = time.perf_counter()
+        self.host.call("endpoint_create", name="cost1", network="bench")
+        t_bare = time.perf_counter() - t0
+        for ep in ("cost", "cost1"):
+            self.host.call("endpoint_rm", ref=ep)
+        return {"ports": n, "bulk_s": t_bulk, "one_more_s": t_one, "endpoint_without_ports_s": t_bare,
+                "agent_rss_delta_mib": (rss1 - rss0) / 1024, "slab_delta_mib": (slab1 - slab0) / 1024,
+                "extra_processes": procs1 - procs0}
+
+    def apply_delay(self):
+        """Put the injected netem delay (if any) on every server endpoint's host-side veth."""
+        if not self.delay_us:
+            return
+        from .faults import netem_delay
+        for e in self.host.call("ps"):
+            if e["name"] in ("srv", "pub"):
+                veth = self.host.call("inspect", ref=e["name"])["networks"]["bench"]["host_ifname"]
+                netem_delay(netns.netns_path(self.host.host_ns), veth, self.delay_us)
+
+
+def _count_procs() -> int:
+    return sum(1 for p in os.listdir("/proc") if p.isdigit())
