@@ -1,0 +1,1 @@
+"""pytest-benchmark microbenchmarks of the control plane and (as they land) per-program costs."""
