@@ -9,7 +9,8 @@ if os.environ.get("DOCKLINE_NO_EXTENSIONS") != "1":
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("dockline.fastpath._vxlan_c", ["fastpath/_vxlan_c.pyx"])],
+        [Extension("dockline.fastpath._vxlan_c", ["fastpath/_vxlan_c.pyx"]),
+         Extension("dockline.bench._loadgen", ["bench/_loadgen.pyx"])],
         language_level=3,
     )
 

@@ -6,7 +6,6 @@
 
 from libc.stdint cimport uint16_t, uint32_t
 from posix.time cimport timespec
-from posix.types cimport ssize_t
 from posix.uio cimport iovec
 
 
@@ -44,6 +43,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_RCVBUF
         SO_SNDBUFFORCE
         SO_RCVBUFFORCE
+        MSG_DONTWAIT
         MSG_NOSIGNAL
         MSG_TRUNC
         MSG_WAITFORONE

@@ -35,7 +35,7 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
         if as_json:
             print(json.dumps(results["ratios"], indent=2))
         else:
-            console.print(report.markdown(results))
+            print(report.markdown(results))
         return 0
 
     base = gate.load_baseline(Path(check))

@@ -131,8 +131,8 @@ class Run:
                 task = progress.add_task("building topologies", total=len(self.targets))
                 for t in self.targets:
                     progress.update(task, description=f"building {t.name}")
+                    built.append(t)   # before build(): a half-built target is torn down too
                     t.build(tmp)
-                    built.append(t)
                     self.results["targets"][t.name] = {"kind": t.kind, "description": t.describe()}
                     progress.advance(task)
                 if self.settings.inject_slowdown:
