@@ -33,7 +33,7 @@ setup(
         "dockline.ebpf": "ebpf",
         "dockline.bench": "bench",
     },
-    package_data={"dockline.ebpf": ["*.c", "lib/*.h"]},
+    package_data={"dockline.ebpf": ["*.c", "lib/*.h"], "dockline.bench": ["*.c"]},
     ext_modules=ext_modules,
     entry_points={"console_scripts": ["dockline=dockline.control.cli:main"]},
     python_requires=">=3.11",

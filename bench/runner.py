@@ -212,8 +212,8 @@ class Run:
             self.results["ratios"][mid] = out
 
     def _inject(self, fraction: float):
-        """Slow every candidate down for real: netem delay on its c2c server's host-side veth,
-        sized from a quick RR probe so request/response loses about ``fraction`` of its rate."""
+        """Slow every candidate down for real (bench/faults.py), calibrated so request/response
+        loses about ``fraction`` of its rate."""
         from .faults import inject_delay
         for t in self.targets:
             if t.kind == "candidate":

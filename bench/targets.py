@@ -78,8 +78,8 @@ class Target(abc.ABC):
     def publish_cost(self, n: int) -> dict | None:
         return None
 
-    def apply_delay(self) -> None:
-        """Apply ``self.delay_us`` of injected delay to the server side (bench/faults.py)."""
+    def server_veths(self) -> list[tuple[str, str]]:
+        """(host netns path, host-side veth) of the server endpoints, for fault injection."""
         raise NotImplementedError(f"{self.name} does not support fault injection")
 
 
@@ -114,7 +114,7 @@ class DocklineTarget(Target):
         self._description = description or f"dockline, {datapath} backend"
         self.host: SimHost | None = None
         self._mappings = None
-        self.delay_us = 0            # fault injection (bench/faults.py): netem on server veths
+        self.burn_iters = 0          # fault injection (bench/faults.py) on server veths
 
     def describe(self):
         return self._description
@@ -152,7 +152,9 @@ class DocklineTarget(Target):
             self.host.call("endpoint_create", name="pub", network="bench",
                            ports=[f"{PUBLISHED_HOST_PORT}:{PUBLISHED_CTR_PORT}"])
             self._mappings = mappings
-            self.apply_delay()
+            if self.burn_iters:
+                from .faults import apply_burn
+                apply_burn(self, self.burn_iters)
         return Endpoints(netns.netns_path(self.host.out_ns), self._ns("pub"), HOST_IP, PUBLISHED_HOST_PORT)
 
     def publish_cost(self, n):
@@ -182,15 +184,14 @@ class DocklineTarget(Target):
                 "agent_rss_delta_mib": (rss1 - rss0) / 1024, "slab_delta_mib": (slab1 - slab0) / 1024,
                 "extra_processes": procs1 - procs0}
 
-    def apply_delay(self):
-        """Put the injected netem delay (if any) on every server endpoint's host-side veth."""
-        if not self.delay_us:
-            return
-        from .faults import netem_delay
+    def server_veths(self):
+        """(host netns path, host-side veth) of every server endpoint, for fault injection."""
+        out = []
         for e in self.host.call("ps"):
             if e["name"] in ("srv", "pub"):
                 veth = self.host.call("inspect", ref=e["name"])["networks"]["bench"]["host_ifname"]
-                netem_delay(netns.netns_path(self.host.host_ns), veth, self.delay_us)
+                out.append((netns.netns_path(self.host.host_ns), veth))
+        return out
 
 
 def _count_procs() -> int:
