@@ -32,7 +32,7 @@ OPS = {
     "network_inspect": "network_inspect", "network_rm": "network_rm", "connect": "connect",
     "disconnect": "disconnect", "endpoint_create": "endpoint_create", "endpoint_rm": "endpoint_rm",
     "ps": "ps", "inspect": "inspect", "port": "port", "exec_info": "exec_info", "reset": "reset",
-    "reconcile": "start",
+    "reconcile": "start", "stats": "stats",
 }
 
 

@@ -24,7 +24,8 @@ def cmd_daemon(a):
     from .agent import run_agent
     logging.basicConfig(level=getattr(logging, a.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath)
+    host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath,
+                      uplink_xdp=a.uplink_xdp or "")
     if a.dns_upstream is not None:
         host.dns_upstreams = a.dns_upstream
     return run_agent(host)
@@ -160,6 +161,22 @@ def cmd_exec(a, c):
     os.execvp(argv[0], argv)
 
 
+def cmd_stats(a, c):
+    st = c.call("stats")
+    if a.json:
+        return output.emit_json(st)
+    if "verdicts" in st:
+        output.table(["VERDICT", "CODE", "PACKETS", "BYTES"],
+                     [[k, v["code"], v["packets"], v["bytes"]] for k, v in sorted(st["verdicts"].items(),
+                                                                                key=lambda kv: kv[1]["code"])])
+        output.table(["ENDPOINT", "NETWORK", "REDIRECTED", "PASSED", "DROPPED"],
+                     [[e["endpoint"], e["network"], e["redirected"]["packets"], e["passed"]["packets"],
+                       e["dropped"]["packets"]] for e in st["endpoints"]])
+    else:
+        output.table(["PACKETS", "BYTES", "TARGET", "RULE"],
+                     [[r["packets"], r["bytes"], r["target"], r["rule"]] for r in st["forward_rules"]])
+
+
 def cmd_reset(a, c):
     r = c.call("reset")
     output.emit_json(r) if a.json else print(f"removed {r['endpoints']} endpoints and {r['networks']} networks")
@@ -187,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daemon", parents=[common], help="run the agent for a host")
     d.add_argument("--host-netns", help="the host is this network namespace (tests, simulations)")
     d.add_argument("--datapath", default=os.environ.get("DOCKLINE_DATAPATH", "auto"),
-                   help="kernel | auto (default: %(default)s)")
+                   help="ebpf | kernel | auto (default: %(default)s)")
     d.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
+    d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP early drops to this uplink")
     d.add_argument("--log-level", default="info")
     d.set_defaults(func=cmd_daemon, raw=True)
 
@@ -260,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
             x.set_defaults(func=cmd_create)
 
     sub.add_parser("ps", parents=[common], help="list endpoints").set_defaults(func=cmd_ps)
+    sub.add_parser("stats", parents=[common], help="datapath counters by verdict and endpoint").set_defaults(
+        func=cmd_stats)
     x = sub.add_parser("inspect", parents=[common], help="show endpoints in detail")
     x.add_argument("names", nargs="+")
     x.set_defaults(func=cmd_inspect)

@@ -41,6 +41,7 @@ class HostConfig:
     name: str = DEFAULT_HOST
     host_netns: str = ""                 # "" = the agent's own (root) netns
     datapath: str = "auto"
+    uplink_xdp: str = ""                 # uplink device for native XDP early drops ("" = off)
     dns_upstreams: list[str] = field(default_factory=default_upstreams)
     state_root: str = STATE_ROOT
     run_root: str = RUN_ROOT

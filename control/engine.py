@@ -184,6 +184,10 @@ class Engine:
             ep = self._endpoint(tx, ref)
             return [p.to_dict() for p in tx.ports(ep.id)]
 
+    def stats(self) -> dict:
+        """Datapath counters (per verdict and per endpoint for ebpf; rule counters for kernel)."""
+        return self.datapath.stats(self.state())
+
     def info(self) -> dict:
         from .datapath import probe
         state = self.state()

@@ -11,7 +11,7 @@ from dockline.bench.simhost import SimHost
 
 #: Backends the end-to-end tests run on, with identical expectations (design.md §2: the kernel
 #: backend is the reference model). Later backends join this list.
-DATAPATHS = ["kernel"]
+DATAPATHS = ["kernel", "ebpf"]
 
 
 def pytest_collection_modifyitems(config, items):

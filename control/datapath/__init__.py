@@ -11,11 +11,13 @@ import logging
 
 from ..errors import InvalidArgument
 from .base import Datapath, DesiredState
+from .ebpf import EbpfDatapath
 from .kernel import KernelDatapath
 
 log = logging.getLogger("dockline.datapath")
 
-BACKENDS = {"kernel": KernelDatapath}
+#: Ordered best first: "auto" takes the first whose probe passes.
+BACKENDS = {"ebpf": EbpfDatapath, "kernel": KernelDatapath}
 
 
 def probe() -> dict:

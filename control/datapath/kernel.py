@@ -124,3 +124,14 @@ class KernelDatapath(Datapath):
 
     def info(self):
         return {"name": self.name, "rules": "iptables (DOCKLINE-* chains)"}
+
+    def stats(self, state=None) -> dict:
+        """Packet counters of our iptables chains (the kernel backend has no BPF counters)."""
+        r = _run(["iptables", "-w", "-t", "filter", "-L", rules.FWD_CHAIN, "-v", "-x", "-n"])
+        rows = []
+        for line in r.stdout.splitlines()[2:]:
+            parts = line.split()
+            if len(parts) >= 3 and parts[0].isdigit():
+                rows.append({"packets": int(parts[0]), "bytes": int(parts[1]), "target": parts[2],
+                             "rule": " ".join(parts[3:])})
+        return {"datapath": self.name, "forward_rules": rows}

@@ -1,0 +1,231 @@
+"""The only module that imports bcc: compiles ebpf/*.c, pins programs and maps, reopens them.
+
+Contract:
+  * Maps live at ``<bpf dir>/v<LAYOUT_VERSION>/<map>`` (the C side gets the folder as PIN_DIR).
+  * Programs are pinned at ``<bpf dir>/v<LAYOUT_VERSION>/progs/<digest>/<function>``, where the
+    digest covers every source file and the cflags. If the pins for the current digest exist,
+    ``load_programs`` reopens them and compiles nothing (a restart with unchanged sources must
+    not recompile on the data path).
+  * Map access after a restart goes through ``PinnedMap`` (raw bpf syscalls on the pinned fd with
+    the ctypes mirrors of bpf_structs.py), so it needs no compile either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DatapathError
+from .bpf_structs import LAYOUT_VERSION
+
+log = logging.getLogger("dockline.loader")
+
+EBPF_DIR = Path(__file__).resolve().parents[2] / "ebpf"
+if not (EBPF_DIR / "tc_endpoint.c").exists():   # installed layout: dockline/ebpf beside control
+    from ... import ebpf as _ebpf_pkg
+    EBPF_DIR = Path(_ebpf_pkg.SRC_DIR)
+
+#: entry file -> [(function, program type)]
+PROGRAMS = {
+    "tc_endpoint.c": [("tc_from_endpoint", "SCHED_CLS")],
+    "xdp_uplink.c": [("xdp_uplink", "XDP")],
+}
+
+
+def ensure_bpffs(root: str = "/sys/fs/bpf") -> None:
+    """Mount bpffs at ``root`` unless it is mounted already (idempotent)."""
+    with open("/proc/mounts") as f:
+        if any(line.split()[1] == root and line.split()[2] == "bpf" for line in f):
+            return
+    r = subprocess.run(["mount", "-t", "bpf", "bpf", root], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DatapathError(f"cannot mount bpffs at {root}: {r.stderr.strip()}")
+
+
+def source_digest(cflags: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(EBPF_DIR.rglob("*.[ch]")):
+        h.update(p.relative_to(EBPF_DIR).as_posix().encode() + b"\0" + p.read_bytes())
+    h.update("\0".join(cflags).encode())
+    return h.hexdigest()[:16]
+
+
+def _lib():
+    from bcc import libbcc
+    lib = libbcc.lib
+    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+    lib.bpf_obj_get.restype = ctypes.c_int
+    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+    lib.bpf_obj_pin.restype = ctypes.c_int
+    return lib
+
+
+def obj_get(path: str) -> int:
+    fd = _lib().bpf_obj_get(path.encode())
+    if fd < 0:
+        err = ctypes.get_errno() or errno.ENOENT
+        raise DatapathError(f"cannot open pinned BPF object {path}: {os.strerror(err)}")
+    return fd
+
+
+@dataclass
+class LoadedProgram:
+    name: str
+    fd: int
+    compiled: bool   # False when reopened from a pin
+
+
+class Programs:
+    """Compiled-or-adopted programs of one host."""
+
+    def __init__(self, bpf_dir: str, cflags: list[str] | None = None):
+        self.root = Path(bpf_dir) / f"v{LAYOUT_VERSION}"
+        self.cflags = list(cflags or [])
+        self.digest = ""
+        self.progs: dict[str, LoadedProgram] = {}
+        self.compiled = False
+        self._bpf_objects = []
+
+    def all_cflags(self) -> list[str]:
+        return [f'-DPIN_DIR="{self.root}"', f"-I{EBPF_DIR}"] + self.cflags
+
+    def load(self) -> "Programs":
+        ensure_bpffs()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.digest = source_digest(self.all_cflags())
+        pin_dir = self.root / "progs" / self.digest
+        wanted = [fn for fns in PROGRAMS.values() for fn, _ in fns]
+        if all((pin_dir / fn).exists() for fn in wanted):
+            for fn in wanted:
+                self.progs[fn] = LoadedProgram(fn, obj_get(str(pin_dir / fn)), compiled=False)
+            log.info("BPF programs adopted from %s (sources unchanged, nothing compiled)", pin_dir)
+            return self
+        from bcc import BPF
+        pin_dir.mkdir(parents=True, exist_ok=True)
+        for src, fns in PROGRAMS.items():
+            try:
+                b = BPF(src_file=str(EBPF_DIR / src), cflags=self.all_cflags())
+            except Exception as e:
+                raise DatapathError(f"compiling {src} failed: {e}") from None
+            self._bpf_objects.append(b)
+            for fn, kind in fns:
+                f = b.load_func(fn, getattr(BPF, kind))
+                target = pin_dir / fn
+                if target.exists():
+                    target.unlink()
+                if _lib().bpf_obj_pin(f.fd, str(target).encode()) != 0:
+                    raise DatapathError(f"pinning {fn} at {target} failed")
+                self.progs[fn] = LoadedProgram(fn, f.fd, compiled=True)
+        self.compiled = True
+        log.info("BPF programs compiled and pinned at %s", pin_dir)
+        return self
+
+    def remove_stale(self) -> list[str]:
+        """Drop program pins of older digests (call after every filter uses the new ones)."""
+        gone = []
+        progs = self.root / "progs"
+        for d in progs.iterdir() if progs.exists() else []:
+            if d.name != self.digest:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(d.name)
+        return gone
+
+
+class PinnedMap:
+    """A pinned map opened by path, read and written with ctypes key/value types."""
+
+    def __init__(self, path: str, key_type, value_type, percpu: bool = False):
+        self.path = path
+        self.key_type = key_type
+        self.value_type = value_type
+        self.percpu = percpu
+        self.fd = obj_get(path)
+        self.ncpus = _possible_cpus() if percpu else 1
+        vsize = ctypes.sizeof(value_type)
+        self._slot = (vsize + 7) // 8 * 8 if percpu else vsize
+
+    def _key(self, key):
+        return key if isinstance(key, ctypes._SimpleCData | ctypes.Structure) else self.key_type(key)
+
+    def update(self, key, value) -> None:
+        k = self._key(key)
+        if self.percpu:
+            buf = (ctypes.c_ubyte * (self._slot * self.ncpus))()
+            for cpu in range(self.ncpus):
+                ctypes.memmove(ctypes.byref(buf, cpu * self._slot), ctypes.byref(value), ctypes.sizeof(value))
+            ptr = ctypes.byref(buf)
+        else:
+            ptr = ctypes.byref(value)
+        if _lib().bpf_update_elem(self.fd, ctypes.byref(k), ptr, 0) != 0:
+            raise DatapathError(f"writing map {os.path.basename(self.path)} failed: "
+                                f"{os.strerror(ctypes.get_errno() or errno.EIO)}")
+
+    def delete(self, key) -> bool:
+        return _lib().bpf_delete_elem(self.fd, ctypes.byref(self._key(key))) == 0
+
+    def lookup(self, key):
+        """The value, or for per-CPU maps the list of per-CPU values; None if absent."""
+        k = self._key(key)
+        buf = (ctypes.c_ubyte * (self._slot * self.ncpus))()
+        if _lib().bpf_lookup_elem(self.fd, ctypes.byref(k), ctypes.byref(buf)) != 0:
+            return None
+        vals = [self.value_type.from_buffer_copy(bytes(buf[c * self._slot:c * self._slot + ctypes.sizeof(self.value_type)]))
+                for c in range(self.ncpus)]
+        return vals if self.percpu else vals[0]
+
+    def keys(self) -> list:
+        out, prev = [], None
+        nxt = self.key_type()
+        while _lib().bpf_get_next_key(self.fd, ctypes.byref(prev) if prev is not None else None,
+                                      ctypes.byref(nxt)) == 0:
+            out.append(self.key_type.from_buffer_copy(bytes(nxt)))
+            prev = out[-1]
+            nxt = self.key_type()
+        return out
+
+    def items(self) -> list:
+        return [(k, v) for k in self.keys() if (v := self.lookup(k)) is not None]
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _possible_cpus() -> int:
+    with open("/sys/devices/system/cpu/possible") as f:
+        text = f.read().strip()
+    n = 0
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        n += int(b or a) - int(a) + 1
+    return n
+
+
+def probe() -> tuple[bool, str]:
+    """Can this machine run the eBPF backend? Compiles and loads a trivial TC program."""
+    try:
+        import bcc  # noqa: F401
+    except ImportError:
+        return False, "bcc is not importable (install python3-bpfcc)"
+    if not Path(f"/lib/modules/{os.uname().release}/build").exists():
+        return False, f"no kernel headers at /lib/modules/{os.uname().release}/build (run setup.sh)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return False, "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
+    try:
+        ensure_bpffs()
+        from bcc import BPF
+        b = BPF(text="#include <uapi/linux/pkt_cls.h>\nint p(struct __sk_buff *s) "
+                     "{ return bpf_redirect_peer(s->ifindex, 0); }")
+        b.load_func("p", BPF.SCHED_CLS)
+        b.cleanup()
+    except Exception as e:
+        return False, f"a TC program with bpf_redirect_peer does not load: {str(e).splitlines()[0]}"
+    return True, "bcc compiles, bpffs is mounted, TC programs with bpf_redirect_peer load"

@@ -1,0 +1,26 @@
+/* Verdict and drop-reason codes: indexes of the verdict counters and the values the Python
+ * mirror (control/datapath/bpf_structs.py: Verdict) names. STABLE: never renumber or reuse a
+ * code; retire one by marking it unused. Codes below DROP_BASE are not drops. */
+#ifndef DOCKLINE_DROP_REASONS_H
+#define DOCKLINE_DROP_REASONS_H
+
+#define VERDICT_REDIRECT_PEER   0   /* unicast handed straight into the peer endpoint's netns */
+#define VERDICT_PASS            1   /* continues into the host (bridge, gateway, NAT, egress) */
+#define VERDICT_PASS_ARP        2   /* checked ARP, continues to the bridge */
+#define VERDICT_PASS_OTHER      3   /* non-IPv4/ARP ethertype (IPv6 ND, LLDP...), to the bridge */
+#define VERDICT_XDP_PASS        4   /* uplink: not ours to judge */
+
+#define DROP_BASE               16
+#define DROP_UNKNOWN_ENDPOINT   16  /* program on a device the control plane does not know */
+#define DROP_MALFORMED          17  /* truncated or inconsistent L2/L3 header */
+#define DROP_SPOOFED_MAC        18  /* source MAC is not the endpoint's */
+#define DROP_SPOOFED_IP         19  /* source IPv4 is not the endpoint's */
+#define DROP_SPOOFED_ARP        20  /* ARP sender MAC/IP is not the endpoint's */
+#define DROP_ISOLATION          21  /* destination endpoint is on another network */
+#define DROP_VLAN               22  /* 802.1Q/802.1ad tagged frame from an endpoint */
+#define DROP_UPLINK_SPOOFED     23  /* uplink: source address inside one of our container subnets */
+#define DROP_UPLINK_MALFORMED   24  /* uplink: IPv4 header that cannot be right */
+
+#define NR_VERDICTS             32  /* size of the verdict counter array */
+
+#endif
