@@ -3,7 +3,8 @@
  *   1. Anti-spoofing: the source MAC, the IPv4 source and the ARP sender must be the ones the
  *      control plane assigned to this veth (endpoints_by_ifindex).
  *   2. Isolation: an IPv4 destination that is an endpoint of another network is dropped, except
- *      replies from a published service (the host DNATed that connection; see published_ports).
+ *      replies from a published service (the host may have DNATed that connection, so they
+ *      always take the host path; see published_ports).
  *   3. Fast path: IPv4 unicast to an endpoint of the same network, addressed to its MAC, goes
  *      straight into that endpoint's namespace with bpf_redirect_peer (no bridge, no backlog).
  *   4. Everything else (ARP, broadcast, the gateway, the host, egress) continues to the bridge.
@@ -42,6 +43,7 @@ static __always_inline __u32 endpoint_verdict(struct __sk_buff *skb, __u32 *targ
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	struct hdr_cursor c = { .pos = data };
+	struct published_key pk = {};
 	struct endpoint_info *self;
 	struct ip_endpoint *dst;
 	struct ethhdr *eth;
@@ -78,16 +80,17 @@ static __always_inline __u32 endpoint_verdict(struct __sk_buff *skb, __u32 *targ
 	dst = endpoints_by_ip.lookup(&ip->daddr);
 	if (!dst)
 		return VERDICT_PASS;
-	if (dst->net_id != self->net_id) {
-		struct published_key pk = {};
-
-		pk.ip = ip->saddr;
-		pk.proto = ip->protocol;
-		pk.port = ipv4_is_fragment(ip) ? 0 : l4_source_port(&c, end, ip->protocol);
-		if (pk.port && published_ports.lookup(&pk))
-			return VERDICT_PASS;
+	/* A reply from a published service may belong to a connection the host DNATed (from
+	 * another network, or a hairpin from this one): only the host's conntrack can translate
+	 * it back, so it goes through the bridge and the stack. Until eBPF NAT tracks
+	 * connections itself, this is the one exception to both isolation and the fast path. */
+	pk.ip = ip->saddr;
+	pk.proto = ip->protocol;
+	pk.port = ipv4_is_fragment(ip) ? 0 : l4_source_port(&c, end, ip->protocol);
+	if (pk.port && published_ports.lookup(&pk))
+		return VERDICT_PASS;
+	if (dst->net_id != self->net_id)
 		return DROP_ISOLATION;
-	}
 	if (!mac_equal(eth->h_dest, dst->mac))
 		return VERDICT_PASS;   /* e.g. sent to the gateway MAC: let the host route it */
 	*target = dst->ifindex;
