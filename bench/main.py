@@ -13,6 +13,12 @@ from . import gate, report
 from .runner import QUICK_METRICS, Run, Settings, default_targets
 
 
+def usable_candidates() -> list[str]:
+    """Every dockline backend whose probe passes here, best first."""
+    from ..control.datapath import probe
+    return [name for name, (ok, _) in probe().items() if ok]
+
+
 def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration: float | None = None,
               metrics: list[str] | None = None, candidates: list[str] | None = None, baseline: str = "auto",
               check: str | None = None, tolerance: float | None = None, write_baseline: str | None = None,
@@ -21,7 +27,8 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
     settings = Settings(rounds=rounds or (3 if quick else 5), duration=duration or (1.0 if quick else 3.0),
                         metric_ids=tuple(metrics or (QUICK_METRICS if quick else ())),
                         inject_slowdown=inject_slowdown)
-    targets = default_targets(tuple(candidates or ("kernel",)), baseline)
+    candidates = tuple(candidates or usable_candidates())
+    targets = default_targets(candidates, baseline)
     results = Run(targets, settings, console).execute()
     outdir = Path(out)
     files = report.write(results, outdir)
@@ -43,7 +50,7 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
     failing = sorted({r["metric"] for r in rows if not r["ok"]})
     if failing:   # measure the regressed metrics again before failing anyone
         console.print(f"[yellow]below tolerance: {', '.join(failing)}; measuring them again[/]")
-        again = Run(default_targets(tuple(candidates or ("kernel",)), baseline),
+        again = Run(default_targets(candidates, baseline),
                     Settings(rounds=settings.rounds, duration=settings.duration, metric_ids=tuple(failing),
                              inject_slowdown=inject_slowdown), console).execute()
         rows2 = {(r["metric"], r["ratio"]): r for r in gate.compare(again, base, tolerance)}
