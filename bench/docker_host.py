@@ -155,6 +155,8 @@ class DockerHost:
             link_namespaces(self.host_ns, "uplink0", f"{HOST_IP}/24", self.out_ns, "up0", f"{OUTSIDE_IP}/24")
         except BaseException:
             self._remove_namespaces()
+            if self.run_dir != self.root:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
 
     # ------------------------------------------------------------------ checks
@@ -363,7 +365,7 @@ class DockerHost:
                     self.proc.kill()
                     self.proc.wait(timeout=10)
         # containerd, shims, docker-proxy (reparented when dockerd was killed), container inits.
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGKILL, 5.0),) if fast else ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             pids = self.our_pids(ids)
             seen.update(pids)
             if not pids:

@@ -147,8 +147,9 @@ class DocklineTarget(Target):
                 if any(e["name"] == ep for e in self.host.call("ps")):
                     self.host.call("endpoint_rm", ref=ep)
             if mappings > 1:   # filler mappings come first, so the measured rule is the last one
+                last = FILLER_BASE + mappings - 2
                 self.host.call("endpoint_create", name="filler", network="bench",
-                               ports=[f"{FILLER_BASE}-{FILLER_BASE + mappings - 2}:80"])
+                               ports=[f"{FILLER_BASE}-{last}:{FILLER_BASE}-{last}"])
             self.host.call("endpoint_create", name="pub", network="bench",
                            ports=[f"{PUBLISHED_HOST_PORT}:{PUBLISHED_CTR_PORT}"])
             self._mappings = mappings
@@ -167,7 +168,8 @@ class DocklineTarget(Target):
         self.host.call("endpoint_rm", ref="cost")
         rss0, slab0, procs0 = rss_kib(agent), slab_kib(), _count_procs()
         t0 = time.perf_counter()
-        self.host.call("endpoint_create", name="cost", network="bench", ports=[f"30000-{30000 + n - 1}:80"])
+        self.host.call("endpoint_create", name="cost", network="bench",
+                       ports=[f"30000-{30000 + n - 1}:30000-{30000 + n - 1}"])
         t_bulk = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.host.call("endpoint_create", name="cost1", network="bench", ports=["45000:80"])

@@ -94,6 +94,9 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
                              can_forward=engine.dns_can_forward)
     engine.dns.start()
     report = engine.start()
+    if host.metrics_addr:
+        from .metrics import serve
+        serve(engine, host.metrics_addr)
     log.info("agent for host %s up (datapath %s, %d networks, %d endpoints)", host.name,
              engine.datapath.name, report["networks"], report["endpoints"])
 

@@ -25,7 +25,7 @@ def cmd_daemon(a):
     logging.basicConfig(level=getattr(logging, a.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath,
-                      uplink_xdp=a.uplink_xdp or "")
+                      uplink_xdp=a.uplink_xdp or "", metrics_addr=a.metrics_addr or "")
     if a.dns_upstream is not None:
         host.dns_upstreams = a.dns_upstream
     return run_agent(host)
@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
     d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP early drops to this uplink")
+    d.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     d.add_argument("--log-level", default="info")
     d.set_defaults(func=cmd_daemon, raw=True)
 

@@ -42,6 +42,7 @@ class HostConfig:
     host_netns: str = ""                 # "" = the agent's own (root) netns
     datapath: str = "auto"
     uplink_xdp: str = ""                 # uplink device for native XDP early drops ("" = off)
+    metrics_addr: str = ""               # host:port for Prometheus /metrics ("" = off)
     dns_upstreams: list[str] = field(default_factory=default_upstreams)
     state_root: str = STATE_ROOT
     run_root: str = RUN_ROOT

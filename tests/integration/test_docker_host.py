@@ -35,9 +35,19 @@ def root_iptables() -> list[str]:
     return [re.sub(r"\[\d+:\d+\]", "", l) for l in out.splitlines() if l and not l.startswith("#")]
 
 
-def root_ip_forward() -> str:
-    with open("/proc/sys/net/ipv4/ip_forward") as f:
-        return f.read().strip()
+ROOT_SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "net/ipv4/conf/all/route_localnet")
+
+
+def root_sysctls() -> dict:
+    """Sysctls dockerd sets in its own netns, read in the root netns (this process's)."""
+    values = {}
+    for name in ROOT_SYSCTLS:
+        try:
+            with open(f"/proc/sys/{name}") as f:
+                values[name] = f.read().strip()
+        except FileNotFoundError:
+            values[name] = None
+    return values
 
 
 def has_link(links: str, name: str) -> bool:
@@ -66,7 +76,7 @@ def our_mounts(path) -> list[str]:
 
 @needs_docker
 def test_docker_datapath_in_its_own_netns(tmp_path):
-    iptables_before, forward_before = root_iptables(), root_ip_forward()
+    iptables_before, sysctls_before = root_iptables(), root_sysctls()
     dh = DockerHost(tmp_path)
     cleaned = False
     server = None
@@ -83,7 +93,7 @@ def test_docker_datapath_in_its_own_netns(tmp_path):
         assert not has_link(root_links(), "docker0")
         assert has_link(sh(dh.host_ns, "ip", "-o", "link", check=True).stdout, "docker0")
         assert root_iptables() == iptables_before
-        assert root_ip_forward() == forward_before
+        assert root_sysctls() == sysctls_before
 
         # (b) container to container by IP on the default bridge.
         assert ca["ip"].startswith("172.17.") and cb["ip"].startswith("172.17.")
@@ -144,3 +154,26 @@ def test_userland_proxy_setting(tmp_path, userland_proxy):
             server.close()
         dh.cleanup()
     assert not dh.our_pids() and not netns.exists(dh.host_ns) and not our_mounts(tmp_path)
+
+
+@needs_docker
+def test_user_network_and_fast_cleanup(tmp_path):
+    """A user-defined bridge network works, and cleanup(fast=True) (SIGKILL, no orderly removal:
+    what the benchmark uses after thousands of published ports) still leaves nothing behind."""
+    dh = DockerHost(tmp_path, userland_proxy=True)
+    try:
+        dh.start()
+        dh.create_network("n1", "--subnet", "172.30.0.0/24")
+        a = dh.run_container("na", network="n1")
+        b = dh.run_container("nb", network="n1", ports=["9090:80"])
+        assert a["ip"].startswith("172.30.0.") and b["ip"].startswith("172.30.0.")
+        r = subprocess.run(["nsenter", f"--net={a['netns_path']}", "ping", "-n", "-c1", "-W1", b["ip"]],
+                           capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stdout + r.stderr
+        engine = dh.our_pids()
+        assert proxies(dh, 9090)
+    finally:
+        dh.cleanup(fast=True)
+    assert not [p for p in engine if pid_alive(p)]
+    assert not dh.our_pids() and not netns.exists(dh.host_ns) and not netns.exists(dh.out_ns)
+    assert not our_mounts(tmp_path) and not dh.root.exists()

@@ -1,0 +1,60 @@
+"""Prometheus text exposition of the datapath counters (``dockline daemon --metrics-addr``).
+
+Metric names (all counters are totals since the programs were loaded):
+  dockline_verdict_packets_total{verdict,code,drop}   packets per verdict / drop reason (ebpf)
+  dockline_verdict_bytes_total{verdict,code,drop}
+  dockline_endpoint_packets_total{endpoint,network,path}   path = redirected | passed | dropped
+  dockline_endpoint_bytes_total{endpoint,network,path}
+  dockline_forward_rule_packets_total{target,rule}   iptables FORWARD-chain counters (kernel)
+  dockline_endpoints, dockline_networks, dockline_published_ports   current sizes (gauges)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+log = logging.getLogger("dockline.metrics")
+
+
+class DatapathCollector:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        state = self.engine.state()
+        st = self.engine.datapath.stats(state)
+        labels = ["verdict", "code", "drop"]
+        vp = CounterMetricFamily("dockline_verdict_packets", "Packets per datapath verdict", labels=labels)
+        vb = CounterMetricFamily("dockline_verdict_bytes", "Bytes per datapath verdict", labels=labels)
+        for name, v in st.get("verdicts", {}).items():
+            lab = [name, str(v["code"]), "true" if v["drop"] else "false"]
+            vp.add_metric(lab, v["packets"])
+            vb.add_metric(lab, v["bytes"])
+        ep_labels = ["endpoint", "network", "path"]
+        ep_p = CounterMetricFamily("dockline_endpoint_packets", "Packets per endpoint and path", labels=ep_labels)
+        ep_b = CounterMetricFamily("dockline_endpoint_bytes", "Bytes per endpoint and path", labels=ep_labels)
+        for e in st.get("endpoints", []):
+            for path in ("redirected", "passed", "dropped"):
+                ep_p.add_metric([e["endpoint"], e["network"], path], e[path]["packets"])
+                ep_b.add_metric([e["endpoint"], e["network"], path], e[path]["bytes"])
+        fr = CounterMetricFamily("dockline_forward_rule_packets", "iptables FORWARD-chain rule hits",
+                                 labels=["target", "rule"])
+        for r in st.get("forward_rules", []):
+            fr.add_metric([r["target"], r["rule"]], r["packets"])
+        yield from (vp, vb, ep_p, ep_b, fr)
+        for name, n in (("endpoints", len(state.endpoints)), ("networks", len(state.networks)),
+                        ("published_ports", len(state.ports))):
+            yield GaugeMetricFamily(f"dockline_{name}", f"Current number of {name.replace('_', ' ')}", value=n)
+
+
+def serve(engine, addr: str):
+    """Serve /metrics on ``addr`` ("host:port") in the agent's (host) network namespace."""
+    from prometheus_client import start_http_server
+    host, _, port = addr.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(DatapathCollector(engine))
+    start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    log.info("metrics on http://%s/metrics", addr)
