@@ -7,7 +7,8 @@
  *      always take the host path; see published_ports).
  *   3. Fast path: IPv4 unicast to an endpoint of the same network, addressed to its MAC, goes
  *      straight into that endpoint's namespace with bpf_redirect_peer (no bridge, no backlog).
- *   4. Everything else (ARP, broadcast, the gateway, the host, egress) continues to the bridge.
+ *   4. Everything else (ARP, broadcast, the gateway, the host, egress, IPv4 fragments)
+ *      continues to the bridge and the host stack.
  * One exit counts the verdict.
  */
 #include "lib/common.h"
@@ -80,13 +81,18 @@ static __always_inline __u32 endpoint_verdict(struct __sk_buff *skb, __u32 *targ
 	dst = endpoints_by_ip.lookup(&ip->daddr);
 	if (!dst)
 		return VERDICT_PASS;
+	/* A fragment carries no (or no trustworthy) ports, so the program cannot tell whether it
+	 * belongs to a DNATed flow: it takes the host path, where defragmentation, conntrack and
+	 * the kernel's isolation rules judge it. */
+	if (ipv4_is_fragment(ip))
+		return VERDICT_PASS;
 	/* A reply from a published service may belong to a connection the host DNATed (from
 	 * another network, or a hairpin from this one): only the host's conntrack can translate
 	 * it back, so it goes through the bridge and the stack. Until eBPF NAT tracks
 	 * connections itself, this is the one exception to both isolation and the fast path. */
 	pk.ip = ip->saddr;
 	pk.proto = ip->protocol;
-	pk.port = ipv4_is_fragment(ip) ? 0 : l4_source_port(&c, end, ip->protocol);
+	pk.port = l4_source_port(&c, end, ip->protocol);
 	if (pk.port && published_ports.lookup(&pk))
 		return VERDICT_PASS;
 	if (dst->net_id != self->net_id)
