@@ -71,6 +71,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {rec['title']} | " + " | ".join(cells) + " |")
         for err in rec.get("errors", []):
             lines.append(f"|  ↳ error: {err} |" + " |" * len(names))
+    if results.get("prog_cost"):
+        lines += ["", "## Per-program cost (BPF_PROG_TEST_RUN, 50,000 repeats, median of 9 rounds)", "",
+                  "| program | ns per packet | trivial program ns | relative cost [min–max] |", "|---|---|---|---|"]
+        for prog, c in results["prog_cost"].items():
+            lines.append(f"| {prog} | {c['ns']:.0f} | {c['ref_ns']:.0f} | {c['relative']:.2f} "
+                         f"[{c['spread'][0]:.2f}–{c['spread'][1]:.2f}] |")
     if results.get("publish_cost"):
         lines += ["", "## Publishing ports", "", "| target | ports | all at once | one more | endpoint alone | "
                   "agent/daemon RSS Δ | kernel slab Δ | extra processes |", "|---|---|---|---|---|---|---|---|"]

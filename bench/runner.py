@@ -66,7 +66,8 @@ def all_metrics() -> list[Metric]:
     ]
 
 
-QUICK_METRICS = ("rr", "crr_published_1", "udp_pps", "tcp_1")
+#: "prog_cost" is not a Metric: it is measured once per run under BPF_PROG_TEST_RUN (P9).
+QUICK_METRICS = ("rr", "crr_published_1", "udp_pps", "tcp_1", "prog_cost")
 
 
 @dataclass
@@ -137,11 +138,15 @@ class Run:
                     progress.advance(task)
                 if self.settings.inject_slowdown:
                     self._inject(self.settings.inject_slowdown)
-                mets = self.selected()
+                mets = [m for m in self.selected()]
                 steps = sum(self.settings.rounds * len(self._targets_for(m)) for m in mets)
                 task = progress.add_task("measuring", total=steps)
                 for m in mets:
                     self._measure(m, progress, task)
+                if any(t.name == "ebpf" for t in self.targets) and (
+                        not self.settings.metric_ids or "prog_cost" in self.settings.metric_ids):
+                    progress.update(task, description="per-program cost (BPF_PROG_TEST_RUN)")
+                    self._prog_cost()
                 if self.settings.publish_cost_ports and not self.settings.metric_ids:
                     progress.update(task, description=f"publishing {self.settings.publish_cost_ports} ports")
                     for t in self.targets:
@@ -155,6 +160,17 @@ class Run:
                     progress.advance(cleanup)
         self._ratios()
         return self.results
+
+    def _prog_cost(self):
+        """Per-program cost relative to a trivial program; stored as a higher-is-better ratio
+        (reference ns / program ns) so the gate treats it like every other ratio."""
+        from .prog_cost import measure
+        cost = measure()
+        self.results["prog_cost"] = cost
+        for prog, c in cost.items():
+            self.results["ratios"].setdefault(f"prog_cost_{prog}", {})["ebpf/reference"] = {
+                "median": 1 / c["relative"], "min": 1 / c["spread"][1], "max": 1 / c["spread"][0],
+                "per_round": []}
 
     def _targets_for(self, m: Metric) -> list[Target]:
         return [t for t in self.targets if t.kind != "ceiling" or (m.ceiling and m.topology == "c2c")]
