@@ -59,7 +59,15 @@ class Engine:
         """Reconcile the kernel with the store: create what is missing, remove orphans, release
         leaked leases. Safe to run any number of times."""
         with self._lock:
-            self.datapath.setup_host()
+            try:
+                self.datapath.setup_host()
+            except DocklineError as e:
+                if self.host.datapath not in ("auto", "") or self.datapath.name == "kernel":
+                    raise
+                from .datapath.kernel import KernelDatapath
+                log.warning("datapath %s failed to start (%s); falling back to kernel", self.datapath.name, e)
+                self.datapath = KernelDatapath(self.host)
+                self.datapath.setup_host()
             self._ensure_builtin_networks()
             report = self._reconcile()
             log.info("reconciled: %s", report)
