@@ -92,7 +92,10 @@ def markdown(results: dict) -> str:
 def plots(results: dict, out: Path) -> list[Path]:
     made = []
     # 1. ratios with spread
-    rows = [(results["metrics"][m]["title"], col, r) for m, cols in results["ratios"].items()
+    def title(m):
+        return results["metrics"][m]["title"] if m in results["metrics"] else m.replace("_", " ")
+
+    rows = [(title(m), col, r) for m, cols in results["ratios"].items()
             for col, r in cols.items() if r["median"] == r["median"]]
     if rows:
         fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
