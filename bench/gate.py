@@ -16,6 +16,9 @@ from pathlib import Path
 #: this 2-vCPU VM swings far more than the latency-bound loops do.
 DEFAULT_TOLERANCE = 0.15
 TOLERANCES = {"tcp_1": 0.25, "tcp_4": 0.25, "tcp_egress": 0.25, "cpu_per_gb": 0.25}
+#: Bulk TCP over loopback swings 3x between runs on this VM (0.26-0.79 of the ceiling in five
+#: quick runs), so TCP ratios against the loopback ceiling are reported but never gated.
+UNGATED = {("tcp_1", "loopback"), ("tcp_4", "loopback"), ("cpu_per_gb", "loopback")}
 
 
 def tolerance_for(metric: str, baseline: dict, override: float | None = None) -> float:
@@ -33,7 +36,8 @@ def baseline_from(results: dict, tolerance: float = DEFAULT_TOLERANCE) -> dict:
     """The gate file written by ``dockline bench --quick --write-baseline``."""
     return {"gate": {"tolerance": tolerance, "tolerances": dict(TOLERANCES), "meta": results["meta"],
                      "targets": results["targets"],
-                     "ratios": {m: {k: v["median"] for k, v in r.items()} for m, r in results["ratios"].items()}}}
+                     "ratios": {m: {k: v["median"] for k, v in r.items() if (m, k.split("/")[1]) not in UNGATED}
+                                for m, r in results["ratios"].items()}}}
 
 
 def compare(results: dict, baseline: dict, tolerance: float | None = None) -> list[dict]:
