@@ -10,7 +10,7 @@ import time
 
 from .simhost import HOST_IP, OUTSIDE_IP
 from .targets import (FILLER_BASE, PUBLISHED_CTR_PORT, PUBLISHED_HOST_PORT, DocklineTarget, Endpoints, Target,
-                      _count_procs, rss_kib, slab_kib)
+                      _count_procs, pss_kib, rss_kib, slab_kib)
 
 log = logging.getLogger("dockline.bench")
 
@@ -79,7 +79,7 @@ class DockerTarget(Target):
         t0 = time.perf_counter()
         self.dh.run_container("cost1", ports=["45000:80"])
         t_one = time.perf_counter() - t0
-        proxies = sum(rss_kib(p) for p in _pids_named("docker-proxy"))
+        proxies = sum(pss_kib(p) for p in _pids_named("docker-proxy"))
         rss1, slab1, procs1 = rss_kib(daemon), slab_kib(), _count_procs()
         self.dh.rm("cost1")
         t0 = time.perf_counter()

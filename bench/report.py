@@ -79,7 +79,7 @@ def markdown(results: dict) -> str:
                          f"[{c['spread'][0]:.2f}–{c['spread'][1]:.2f}] |")
     if results.get("publish_cost"):
         lines += ["", "## Publishing ports", "", "| target | ports | all at once | one more | endpoint alone | "
-                  "agent/daemon RSS Δ | kernel slab Δ | extra processes |", "|---|---|---|---|---|---|---|---|"]
+                  "agent/daemon memory Δ | kernel slab Δ | extra processes |", "|---|---|---|---|---|---|---|---|"]
         for n, c in results["publish_cost"].items():
             lines.append(f"| {n} | {c['ports']} | {c['bulk_s']:.2f} s | {c['one_more_s'] * 1000:.1f} ms | "
                          f"{c['endpoint_without_ports_s'] * 1000:.1f} ms | {c['agent_rss_delta_mib']:.1f} MiB | "

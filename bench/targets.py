@@ -45,6 +45,19 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages split between the processes that map them, so a
+    sum over many processes (docker-proxy) does not count shared libraries once per process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def slab_kib() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
