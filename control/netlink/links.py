@@ -106,8 +106,10 @@ def ensure_veth(ipr: IPRoute, host_ifname: str, bridge_index: int | None, netns_
             finally:
                 os.close(fd)
             run_in_netns(netns_path, _rename, tmp, ifname)
-        ipr.link("set", index=idx, mtu=mtu)
-        if bridge_index is not None:
+        (link,) = ipr.get_links(idx)
+        if link.get_attr("IFLA_MTU") != mtu:
+            ipr.link("set", index=idx, mtu=mtu)
+        if bridge_index is not None and link.get_attr("IFLA_MASTER") != bridge_index:
             ipr.link("set", index=idx, master=bridge_index)
         ipr.link("set", index=idx, state="up")
     except NetlinkError as e:
@@ -130,12 +132,18 @@ def _rename(old: str, new: str) -> None:
 
 
 def _configure_inside(ifname: str, mac: str, address: str, mtu: int, gateway: str | None) -> None:
+    """Bring ``ifname`` to the wanted state, touching only what differs: a reconcile after an
+    agent restart must not bounce a working interface (that would flush its routes)."""
     iface = ipaddress.IPv4Interface(address)
     with IPRoute() as ipr:
         idx = link_index(ipr, ifname)
         try:
-            ipr.link("set", index=idx, state="down")
-            ipr.link("set", index=idx, address=mac, mtu=mtu)
+            (link,) = ipr.get_links(idx)
+            if link.get_attr("IFLA_ADDRESS") != mac.lower():
+                ipr.link("set", index=idx, state="down")   # a new MAC only while down
+                ipr.link("set", index=idx, address=mac)
+            if link.get_attr("IFLA_MTU") != mtu:
+                ipr.link("set", index=idx, mtu=mtu)
             have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
             want = (str(iface.ip), iface.network.prefixlen)
             for addr, plen in have - {want}:
