@@ -138,7 +138,7 @@ class Run:
                     progress.advance(task)
                 if self.settings.inject_slowdown:
                     self._inject(self.settings.inject_slowdown)
-                mets = [m for m in self.selected()]
+                mets = self.selected()
                 steps = sum(self.settings.rounds * len(self._targets_for(m)) for m in mets)
                 task = progress.add_task("measuring", total=steps)
                 for m in mets:
