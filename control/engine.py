@@ -26,6 +26,7 @@ from .model import (BUILTIN_NETWORKS, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWOR
                     Network, PortMapping, mac_for_ip, parse_gateway, parse_ip, parse_ip_range, parse_mtu,
                     parse_port_spec, parse_subnet, validate_name)
 from .netlink import netns
+from .netlink.links import remove_inside
 from .store import SQLiteStore, Store
 
 log = logging.getLogger("dockline.engine")
@@ -407,7 +408,6 @@ class Engine:
             try:
                 self.datapath.remove_attachment(next(n for n in state.networks if n.id == att.network_id), ep, att)
                 if not ep.owned and ep.mode == "bridge":
-                    from .netlink.links import remove_inside
                     remove_inside(ep.netns_path, att.ifname)
             except DocklineError as e:
                 errors.append(str(e))
@@ -502,7 +502,6 @@ class Engine:
                     tx.delete_ports(ep.id)   # nothing left to carry them
             self.datapath.remove_attachment(net, ep, att)
             if not ep.owned:
-                from .netlink.links import remove_inside
                 remove_inside(ep.netns_path, att.ifname)
             self._apply_endpoint(ep)
             log.info("endpoint %s disconnected from %s", ep.name, net.name)

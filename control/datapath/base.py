@@ -26,6 +26,11 @@ class DesiredState:
     def attachments_of(self, ep_id: str) -> list[Attachment]:
         return sorted((a for a in self.attachments if a.endpoint_id == ep_id), key=lambda a: a.index)
 
+    def port_target(self, pm: PortMapping) -> Attachment | None:
+        """The attachment a published port lands on: the endpoint's first non-internal one."""
+        return next((a for a in self.attachments_of(pm.endpoint_id) if not self.network(a.network_id).internal),
+                    None)
+
 
 class Datapath(abc.ABC):
     """A way of moving packets for the networks in the store.

@@ -133,8 +133,7 @@ class EbpfDatapath(KernelDatapath):
         super().sync_policy(state)
         want_pub = set()
         for pm in state.ports:
-            atts = state.attachments_of(pm.endpoint_id)
-            target = next((a for a in atts if not state.network(a.network_id).internal), None)
+            target = state.port_target(pm)
             if target is not None:
                 want_pub.add((S.be32(target.ip), S.be16(pm.container_port), 6 if pm.proto == "tcp" else 17))
         self._sync_set(self.maps["published"], want_pub,

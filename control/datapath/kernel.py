@@ -97,8 +97,7 @@ class KernelDatapath(Datapath):
     def sync_policy(self, state: DesiredState):
         published = []
         for pm in state.ports:
-            atts = state.attachments_of(pm.endpoint_id)
-            target = next((a for a in atts if not state.network(a.network_id).internal), None)
+            target = state.port_target(pm)
             if target is None:
                 continue
             net = state.network(target.network_id)
@@ -115,8 +114,7 @@ class KernelDatapath(Datapath):
         want = {n.bridge for n in state.networks if n.driver == "bridge"}
         want |= {a.host_ifname for a in state.attachments}
         removed = []
-        for name in links.host_links(self.ipr, BRIDGE_PREFIX) + links.host_links(self.ipr, VETH_PREFIX) + \
-                links.host_links(self.ipr, "dlp") + links.host_links(self.ipr, DEFAULT_BRIDGE):
+        for name in links.host_links(self.ipr, (BRIDGE_PREFIX, VETH_PREFIX, "dlp", DEFAULT_BRIDGE)):
             if name not in want:
                 links.remove_link(self.ipr, name)
                 removed.append(name)

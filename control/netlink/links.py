@@ -69,8 +69,8 @@ def remove_link(ipr: IPRoute, name: str) -> None:
             raise _fail(name, "removing", e) from None
 
 
-def host_links(ipr: IPRoute, prefix: str) -> list[str]:
-    """Names of links in the host netns starting with ``prefix`` (for orphan removal)."""
+def host_links(ipr: IPRoute, prefix: str | tuple[str, ...]) -> list[str]:
+    """Names of links in the host netns starting with ``prefix`` (one or several; one dump)."""
     names = (l.get_attr("IFLA_IFNAME") for l in ipr.get_links())
     return sorted(n for n in names if n and n.startswith(prefix))
 
