@@ -15,7 +15,7 @@ import socket
 
 #: Bumped whenever a struct below changes: part of the pin path (bcc reuses a pinned map without
 #: checking key/value sizes, so a new layout must never meet an old map).
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 
 class Verdict(enum.IntEnum):

@@ -8,6 +8,9 @@ Contract:
     not recompile on the data path).
   * Map access after a restart goes through ``PinnedMap`` (raw bpf syscalls on the pinned fd with
     the ctypes mirrors of bpf_structs.py), so it needs no compile either.
+  * bcc rewrites map calls (``m.lookup(&k)``) only in the text it is handed, not in included
+    files, so ``spliced_source`` inlines every ``#include "lib/..."`` (each file once, include
+    guards kept) before compiling: shared code with map access can live in ebpf/lib/*.h.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -32,11 +36,45 @@ if not (EBPF_DIR / "tc_endpoint.c").exists():   # installed layout: dockline/ebp
     from ... import ebpf as _ebpf_pkg
     EBPF_DIR = Path(_ebpf_pkg.SRC_DIR)
 
-#: entry file -> [(function, program type)]
+#: bpf_attach_type values (uapi/linux/bpf.h) of the socket-layer programs
+BPF_CGROUP_INET4_CONNECT = 10
+BPF_CGROUP_UDP4_SENDMSG = 14
+BPF_CGROUP_UDP4_RECVMSG = 19
+BPF_CGROUP_INET4_GETPEERNAME = 29
+
+#: nat_tail slots (ebpf/lib/nat.h NAT_TAIL_*): the tail-called stages of a new flow's NAT
+NAT_TAIL = {0: "tc_nat_eval", 1: "tc_nat_route", 2: "tc_nat_commit"}
+
+#: entry file -> [(function, program type, expected attach type or -1)]
 PROGRAMS = {
-    "tc_endpoint.c": [("tc_from_endpoint", "SCHED_CLS")],
-    "xdp_uplink.c": [("xdp_uplink", "XDP")],
+    "tc_endpoint.c": [("tc_from_endpoint", "SCHED_CLS", -1)],
+    "tc_uplink.c": [("tc_uplink_ingress", "SCHED_CLS", -1), ("tc_uplink_egress", "SCHED_CLS", -1)],
+    "tc_nat.c": [("tc_nat_eval", "SCHED_CLS", -1), ("tc_nat_route", "SCHED_CLS", -1),
+                 ("tc_nat_commit", "SCHED_CLS", -1)],
+    "xdp_uplink.c": [("xdp_uplink", "XDP", -1)],
+    "cgroup_sock.c": [("sock_connect4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_CONNECT),
+                      ("sock_sendmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_SENDMSG),
+                      ("sock_recvmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_RECVMSG),
+                      ("sock_getpeername4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_GETPEERNAME)],
 }
+
+_LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)
+
+
+def spliced_source(path: Path, _seen: set | None = None) -> str:
+    """The text of ``path`` with every local ``#include "..."`` replaced by that file's spliced
+    text (each file once), so that bcc sees all code, and rewrites its map calls, in one text."""
+    seen = set() if _seen is None else _seen
+    path = path.resolve()
+    seen.add(path)
+
+    def inline(m):
+        inc = (path.parent / m.group(1)).resolve()
+        if inc in seen:
+            return f"/* {m.group(1)}: spliced above */"
+        return f"/* ---- {m.group(1)} */\n" + spliced_source(inc, seen)
+
+    return _LOCAL_INCLUDE.sub(inline, path.read_text())
 
 
 def ensure_bpffs(root: str = "/sys/fs/bpf") -> None:
@@ -101,22 +139,26 @@ class Programs:
         self.root.mkdir(parents=True, exist_ok=True)
         self.digest = source_digest(self.all_cflags())
         pin_dir = self.root / "progs" / self.digest
-        wanted = [fn for fns in PROGRAMS.values() for fn, _ in fns]
+        wanted = [fn for fns in PROGRAMS.values() for fn, _, _ in fns]
         if all((pin_dir / fn).exists() for fn in wanted):
             for fn in wanted:
                 self.progs[fn] = LoadedProgram(fn, obj_get(str(pin_dir / fn)), compiled=False)
+            self._fill_tail_calls()
             log.info("BPF programs adopted from %s (sources unchanged, nothing compiled)", pin_dir)
             return self
         from bcc import BPF
         pin_dir.mkdir(parents=True, exist_ok=True)
         for src, fns in PROGRAMS.items():
             try:
-                b = BPF(src_file=str(EBPF_DIR / src), cflags=self.all_cflags())
+                b = BPF(text=spliced_source(EBPF_DIR / src), cflags=self.all_cflags())
             except Exception as e:
                 raise DatapathError(f"compiling {src} failed: {e}") from None
             self._bpf_objects.append(b)
-            for fn, kind in fns:
-                f = b.load_func(fn, getattr(BPF, kind))
+            for fn, kind, attach in fns:
+                try:
+                    f = b.load_func(fn, getattr(BPF, kind), attach_type=attach)
+                except Exception as e:
+                    raise DatapathError(f"loading {fn} ({src}) failed: {str(e).splitlines()[0]}") from None
                 target = pin_dir / fn
                 if target.exists():
                     target.unlink()
@@ -124,8 +166,18 @@ class Programs:
                     raise DatapathError(f"pinning {fn} at {target} failed")
                 self.progs[fn] = LoadedProgram(fn, f.fd, compiled=True)
         self.compiled = True
+        self._fill_tail_calls()
         log.info("BPF programs compiled and pinned at %s", pin_dir)
         return self
+
+    def _fill_tail_calls(self):
+        """Point nat_tail's slots at this digest's stages (idempotent; the map is pinned)."""
+        tail = PinnedMap(str(self.root / "nat_tail"), ctypes.c_uint32, ctypes.c_uint32)
+        try:
+            for slot, fn in NAT_TAIL.items():
+                tail.update(slot, ctypes.c_uint32(self.progs[fn].fd))
+        finally:
+            tail.close()
 
     def remove_stale(self) -> list[str]:
         """Drop program pins of older digests (call after every filter uses the new ones)."""

@@ -9,6 +9,9 @@
 #define VERDICT_PASS_ARP        2   /* checked ARP, continues to the bridge */
 #define VERDICT_PASS_OTHER      3   /* non-IPv4/ARP ethertype (IPv6 ND, LLDP...), to the bridge */
 #define VERDICT_XDP_PASS        4   /* uplink: not ours to judge */
+#define VERDICT_NAT_REDIRECT    5   /* translated (conntrack), then redirected to its next hop */
+#define VERDICT_NAT_PASS        6   /* translated, then continued into the stack (local, no route) */
+#define VERDICT_UPLINK_PASS     7   /* uplink TC: not a translated flow, continues */
 
 #define DROP_BASE               16
 #define DROP_UNKNOWN_ENDPOINT   16  /* program on a device the control plane does not know */
@@ -20,6 +23,8 @@
 #define DROP_VLAN               22  /* 802.1Q/802.1ad tagged frame from an endpoint */
 #define DROP_UPLINK_SPOOFED     23  /* uplink: source address inside one of our container subnets */
 #define DROP_UPLINK_MALFORMED   24  /* uplink: IPv4 header that cannot be right */
+#define DROP_NAT_NO_PORT        25  /* no free source port for a new translated flow */
+#define DROP_NAT_NO_ADDR        26  /* MASQUERADE/REDIRECT on an interface with no IPv4 address */
 
 #define NR_VERDICTS             32  /* size of the verdict counter array */
 

@@ -5,6 +5,8 @@
 
 #include "consts.h"
 #include "structs.h"
+#include "nat_counters.h"
+#include "drop_reasons.h"
 
 /* host-side veth ifindex -> what that endpoint may send as (anti-spoofing, its network) */
 BPF_TABLE_PINNED("hash", __u32, struct endpoint_info, endpoints_by_ifindex, MAX_ENDPOINTS,
@@ -23,5 +25,31 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct counter, verdicts, NR_VERDICTS, P
 /* per-endpoint counters, per CPU */
 BPF_TABLE_PINNED("percpu_hash", __u32, struct endpoint_stats, endpoint_stats, MAX_ENDPOINTS,
 		 PIN_DIR "/endpoint_stats");
+
+/* network number -> bridge, gateway address and MAC (routing into a network after NAT) */
+BPF_TABLE_PINNED("hash", __u32, struct net_info, net_info, MAX_NETWORKS, PIN_DIR "/net_info");
+
+/* ---- NAT and conntrack */
+/* both halves of every translated flow (struct ct_key -> struct ct_entry, see structs.h) */
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct, MAX_CT, PIN_DIR "/ct");
+/* [0]: host-wide NAT settings and the live rule generation */
+BPF_TABLE_PINNED("array", __u32, struct nat_config, nat_config, 1, PIN_DIR "/nat_config");
+/* compiled rule instructions, two generations of MAX_NAT_RULES (swapped by nat_config) */
+BPF_TABLE_PINNED("array", __u32, struct nat_rule, nat_rules, 2 * MAX_NAT_RULES, PIN_DIR "/nat_rules");
+/* simple DNAT rules by (table, proto, daddr, dport): constant cost however many there are */
+BPF_TABLE_PINNED7("hash", struct nat_exact_key, struct nat_exact_val, nat_exact, MAX_NAT_EXACT,
+		  PIN_DIR "/nat_exact", BPF_F_NO_PREALLOC);
+/* ifindex -> the address MASQUERADE uses when leaving by it, REDIRECT when arriving by it */
+BPF_TABLE_PINNED("hash", __u32, __be32, nat_ifaddr, MAX_NAT_IFADDRS, PIN_DIR "/nat_ifaddr");
+/* the host's "local" routing table (addrtype LOCAL), as an LPM trie */
+BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __u8, local_addrs, MAX_LOCAL_ADDRS,
+		  PIN_DIR "/local_addrs", BPF_F_NO_PREALLOC);
+/* ports of fragmented datagrams, from their first fragment */
+BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_ports, frag_ports, MAX_FRAGS,
+		 PIN_DIR "/frag_ports");
+/* socket cookie -> what the socket layer translated (reverse lookups for getpeername/recvmsg) */
+BPF_TABLE_PINNED("lru_hash", __u64, struct sock_xlate, sock_xlate, MAX_SOCK_XLATE, PIN_DIR "/sock_xlate");
+/* NAT event counters by NAT_C_* (nat_counters.h), per CPU */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, nat_counters, NR_NAT_COUNTERS, PIN_DIR "/nat_counters");
 
 #endif

@@ -20,7 +20,16 @@ struct ip_endpoint {
 	__u16 flags;      /* EP_F_* (host order) */
 };
 
-#define EP_F_NONE 0
+#define EP_F_NONE     0
+#define EP_F_INTERNAL 1   /* its network is internal: no NAT, nothing beyond its subnet */
+
+/* Value of net_info; key: __u32 net_id (host order). What a routed packet into the network needs. */
+struct net_info {
+	__u32  bridge_ifindex;  /* the network's bridge: the logical -i/-o of its endpoints (host order) */
+	__be32 gateway;         /* the bridge address (network order): MASQUERADE/REDIRECT source */
+	__u8   gw_mac[6];       /* the bridge MAC: source MAC of packets routed into the network */
+	__u16  pad;
+};
 
 /* Key of published_ports: a published container service (replies from it may cross networks,
  * because the host DNATed the connection to it). */
@@ -48,6 +57,147 @@ struct endpoint_stats {
 	struct counter redirected;   /* sent straight to a peer endpoint */
 	struct counter passed;       /* continued into the host */
 	struct counter dropped;      /* any DROP_* */
+};
+
+/* ---- conntrack (lib/ct.h). A translated flow has two entries, written and removed together:
+ *   ORIG  key = the first packet's tuple as it arrived       -> to = that tuple after translation
+ *   REPLY key = reverse(to) (what the answer looks like)      -> to = reverse(ORIG key)
+ * so each entry names its twin: twin key = reverse(entry.to). Every field is network order except
+ * where marked. ICMP echo: the identifier is the "port": sport in requests, dport in replies. */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8   proto;     /* IPPROTO_TCP, IPPROTO_UDP or IPPROTO_ICMP */
+	__u8   pad[3];    /* always 0: part of the hashed key */
+};
+
+struct ct_entry {
+	__be32 to_saddr;          /* the packet after translation */
+	__be32 to_daddr;
+	__be16 to_sport;
+	__be16 to_dport;
+	__u8   dir;               /* CT_DIR_* */
+	__u8   state;             /* CT_ST_* (kept equal in both entries) */
+	__u8   flags;             /* CT_F_* */
+	__u8   kind;              /* CT_K_* bits: which translations the flow has */
+	__u64  expires_ns;        /* CLOCK_MONOTONIC ns (bpf_ktime_get_ns), host order */
+	__u64  twin_checked_ns;   /* last time this entry made sure its twin exists (host order) */
+	__u64  packets;           /* this direction (host order) */
+	__u64  bytes;
+};
+
+#define CT_DIR_ORIG  0
+#define CT_DIR_REPLY 1
+
+#define CT_ST_NEW         1   /* TCP: SYN seen, no answer yet; UDP/ICMP: no answer yet */
+#define CT_ST_ESTABLISHED 2   /* an answer was seen */
+#define CT_ST_FIN         3   /* TCP: a FIN was seen */
+#define CT_ST_CLOSED      4   /* TCP: RST seen */
+
+#define CT_F_LOOSE 1          /* created from a mid-stream TCP packet (no SYN seen) */
+
+#define CT_K_DNAT 1           /* destination translated (DNAT, REDIRECT) */
+#define CT_K_SNAT 2           /* source translated (SNAT, MASQUERADE, port remap) */
+#define CT_K_LOCAL 4          /* translated to a local address: the reply leaves via the uplink egress */
+
+/* Value of nat_config[0]: host-wide NAT settings (host order unless marked). */
+struct nat_config {
+	__u64 netns_cookie;       /* the host netns: socket-layer programs act only on its sockets */
+	__u16 port_min;           /* MASQUERADE / remap source ports, inclusive */
+	__u16 port_max;
+	__u32 generation;         /* which half of nat_rules is live: 0 or 1 */
+	__u32 entry[4];           /* first instruction of PREROUTING, INPUT (unused), OUTPUT, POSTROUTING,
+	                           * relative to the live half */
+};
+
+/* ---- compiled NAT rules (control/nat/compiler.py). An array of instructions, visited from a
+ * hook's entry: if the instruction matches, "op" decides; otherwise go to "on_miss". Only
+ * forward gotos exist (user chains are inlined), so an evaluation visits each at most once. */
+struct nat_rule {
+	__be32 src;               /* -s: (saddr & src_mask) == src */
+	__be32 src_mask;
+	__be32 dst;               /* -d */
+	__be32 dst_mask;
+	__u16  sport_min;         /* --sport range (host order); 0..65535 = any */
+	__u16  sport_max;
+	__u16  dport_min;         /* --dport range (host order) */
+	__u16  dport_max;
+	__u32  iif;               /* -i: ifindex, 0 = any (host order) */
+	__u32  oif;               /* -o: ifindex, 0 = any */
+	__u8   proto;             /* -p: IPPROTO_*, 0 = any */
+	__u8   op;                /* NAT_OP_* */
+	__u16  neg;               /* NAT_NEG_* bits: negated conditions */
+	__u16  on_match;          /* next instruction when it matches and op is NAT_OP_GOTO */
+	__u16  on_miss;           /* next instruction when it does not match */
+	__be32 to_addr;           /* DNAT/SNAT address */
+	__u16  to_port_min;       /* DNAT/SNAT/MASQUERADE/REDIRECT ports (host order), 0 = keep */
+	__u16  to_port_max;
+	__u32  table;             /* NAT_OP_LOOKUP: the exact-match table id (host order) */
+};
+
+#define NAT_OP_GOTO       0   /* matched: continue at on_match (a jump into an inlined chain) */
+#define NAT_OP_ACCEPT     1   /* stop: no translation (ACCEPT, RETURN from a builtin chain, policy) */
+#define NAT_OP_DNAT       2
+#define NAT_OP_SNAT       3
+#define NAT_OP_MASQUERADE 4
+#define NAT_OP_REDIRECT   5
+#define NAT_OP_LOOKUP     6   /* consult nat_exact with this table id; a hit is a DNAT, a miss goes
+                               * on at on_miss (at most NAT_MAX_LOOKUPS per evaluation) */
+
+#define NAT_NEG_SRC      0x01
+#define NAT_NEG_DST      0x02
+#define NAT_NEG_SPORT    0x04
+#define NAT_NEG_DPORT    0x08
+#define NAT_NEG_IIF      0x10
+#define NAT_NEG_OIF      0x20
+#define NAT_NEG_PROTO    0x40
+#define NAT_SRC_LOCAL    0x100  /* -m addrtype --src-type LOCAL */
+#define NAT_NEG_SRC_LOCAL 0x200
+#define NAT_DST_LOCAL    0x400  /* -m addrtype --dst-type LOCAL */
+#define NAT_NEG_DST_LOCAL 0x800
+#define NAT_PORTS_REQUIRED 0x1000 /* port conditions present: only TCP/UDP can match */
+
+/* Key/value of nat_exact: one simple DNAT rule (-p, --dport, optional -d and [!] -i). */
+struct nat_exact_key {
+	__u32  table;             /* host order */
+	__be32 daddr;             /* 0 = any destination */
+	__be16 dport;
+	__u8   proto;
+	__u8   pad;
+};
+
+struct nat_exact_val {
+	__be32 to_addr;
+	__be16 to_port;           /* 0 = keep */
+	__u8   iif_neg;           /* 1: the rule says ! -i */
+	__u8   pad;
+	__u32  iif;               /* 0 = any (host order) */
+};
+
+/* Key of frag_ports: one fragmented datagram; value: its ports, read from the first fragment. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8   proto;
+	__u8   pad;
+};
+
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* Value of sock_xlate, key: __u64 socket cookie. What connect4/sendmsg4 rewrote, so that
+ * getpeername4/recvmsg4 can show the application the address it asked for. */
+struct sock_xlate {
+	__be32 orig_addr;
+	__be32 nat_addr;
+	__be16 orig_port;
+	__be16 nat_port;
+	__u32  pad;
 };
 
 #endif

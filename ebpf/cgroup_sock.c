@@ -1,0 +1,125 @@
+/* Socket-layer DNAT for the host's own processes (cgroup/connect4, sendmsg4, recvmsg4,
+ * getpeername4): a connection from the host to a published port (a host address or 127.0.0.1)
+ * is sent to the container address directly, so no proxy process runs and no packet is ever
+ * rewritten. The OUTPUT rules decide, as iptables' nat OUTPUT chain would.
+ *
+ * Cgroup programs see every network namespace; these act only on sockets of the host's own
+ * (nat_config.netns_cookie). The application keeps seeing the address it asked for:
+ * getpeername4 and recvmsg4 undo the translation (sock_xlate, keyed by socket cookie).
+ * Return value 1 = let the call proceed (these programs never refuse one).
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/nat_rules.h"
+
+static __always_inline void sock_count(__u32 idx)
+{
+	__u64 *n = nat_counters.lookup(&idx);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline struct nat_config *own_netns(struct bpf_sock_addr *ctx)
+{
+	__u32 zero = 0;
+	struct nat_config *cfg = nat_config.lookup(&zero);
+
+	if (!cfg || !cfg->netns_cookie || bpf_get_netns_cookie(ctx) != cfg->netns_cookie)
+		return NULL;
+	return cfg;
+}
+
+/* OUTPUT's decision. Unlike TC (tc_nat.c), a socket program cannot tail-call into the TC stages,
+ * so exact-match tables are consulted inline, at most NAT_SOCK_LOOKUPS of them per evaluation
+ * (the compiler refuses an OUTPUT chain that needs more). */
+static __always_inline int sock_evaluate(const struct nat_match_pkt *m, struct nat_decision *d)
+{
+	__u32 pc = nat_hook_entry(NAT_HOOK_OUTPUT), resume = 0;
+
+	for (int round = 0; round < NAT_SOCK_LOOKUPS + 1; round++) {
+		nat_evaluate_from(pc, m, d, &resume);
+		if (d->op != NAT_OP_LOOKUP)
+			return 1;
+		if (nat_exact_match(d->table, m, d))
+			return 1;
+		pc = resume;
+	}
+	return 0;
+}
+
+static __always_inline void translate(struct bpf_sock_addr *ctx)
+{
+	struct nat_match_pkt m = {};
+	struct nat_decision d = {};
+	struct sock_xlate x = {};
+	__u64 cookie;
+	__u8 proto = ctx->protocol;
+
+	if (ctx->family != 2 /* AF_INET */ || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+		return;
+	if (!own_netns(ctx))
+		return;
+	m.daddr = ctx->user_ip4;
+	m.dport = bpf_ntohs((__u16)ctx->user_port);
+	m.proto = proto;
+	m.l4 = 1;
+	m.dst_local = is_local_addr(m.daddr);
+	m.src_local = 1;   /* the host's own socket */
+	if (!sock_evaluate(&m, &d))
+		return;
+	if (d.op == NAT_OP_DNAT) {
+		x.nat_addr = d.to_addr;
+	} else if (d.op == NAT_OP_REDIRECT) {
+		x.nat_addr = bpf_htonl(0x7f000001);   /* locally generated: 127.0.0.1, as iptables does */
+	} else {
+		return;
+	}
+	x.orig_addr = m.daddr;
+	x.orig_port = bpf_htons(m.dport);
+	x.nat_port = d.to_port_min ? bpf_htons(d.to_port_min) : x.orig_port;
+	ctx->user_ip4 = x.nat_addr;
+	ctx->user_port = x.nat_port;
+	cookie = bpf_get_socket_cookie(ctx);
+	sock_xlate.update(&cookie, &x);
+	sock_count(NAT_C_SOCK_XLATE);
+}
+
+static __always_inline void reverse(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie;
+	struct sock_xlate *x;
+
+	if (ctx->family != 2 || !own_netns(ctx))
+		return;
+	cookie = bpf_get_socket_cookie(ctx);
+	x = sock_xlate.lookup(&cookie);
+	if (!x || ctx->user_ip4 != x->nat_addr || (__u16)ctx->user_port != x->nat_port)
+		return;
+	ctx->user_ip4 = x->orig_addr;
+	ctx->user_port = x->orig_port;
+	sock_count(NAT_C_SOCK_REVERSE);
+}
+
+int sock_connect4(struct bpf_sock_addr *ctx)
+{
+	translate(ctx);
+	return 1;
+}
+
+int sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	translate(ctx);
+	return 1;
+}
+
+int sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	reverse(ctx);
+	return 1;
+}
+
+int sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	reverse(ctx);
+	return 1;
+}

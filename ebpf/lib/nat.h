@@ -1,0 +1,320 @@
+/* NAT at a TC hook: conntrack hits are translated and sent on; a new flow is judged by the
+ * compiled PREROUTING rules, routed, judged by POSTROUTING, and gets both conntrack halves.
+ * Uses maps (spliced into the entry file by the loader).
+ *
+ * Hooks and what they see (control/datapath/ebpf.py attaches them):
+ *   tc_from_endpoint   the endpoint's frames; -i is its network's bridge (as with iptables)
+ *   tc_uplink_ingress  frames from outside; -i is the uplink
+ *   tc_uplink_egress   frames leaving by the uplink: only translations of tracked flows whose
+ *                      reply the host itself sends (REDIRECT, DNAT to a local address)
+ * Translated packets that have a route are sent on by the program (bpf_redirect_peer into an
+ * endpoint, bpf_redirect/bpf_redirect_neigh out of the uplink), so netfilter never sees half a
+ * flow; local destinations continue into the stack. */
+#ifndef DOCKLINE_NAT_H
+#define DOCKLINE_NAT_H
+
+#include "common.h"
+#include "drop_reasons.h"
+#include "maps.h"
+#include "nat_packet.h"
+#include "nat_rules.h"
+#include "ct.h"
+
+/* bcc 0.26 declares a 3-argument bpf_redirect_neigh; the kernel's takes 4 */
+static long (*dl_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
+	(void *)BPF_FUNC_redirect_neigh;
+
+#define NAT_DECLINE (-1)   /* not a translated flow: the caller's own logic applies */
+
+enum nat_route_kind {
+	ROUTE_STACK = 0,    /* local, unreachable or unknown: the stack decides */
+	ROUTE_ENDPOINT,     /* one of our endpoints: bpf_redirect_peer into its netns */
+	ROUTE_FIB,          /* a forwarding route with a resolved neighbour */
+	ROUTE_NEIGH,        /* a forwarding route, neighbour to resolve: bpf_redirect_neigh */
+};
+
+struct nat_route {
+	__u32 kind;
+	__u32 ifindex;      /* where to redirect */
+	__u32 oif;          /* the out-interface POSTROUTING sees (an endpoint's bridge) */
+	__u8  dmac[6];
+	__u8  smac[6];
+	__u8  set_smac;
+};
+
+static __always_inline void nat_route(struct __sk_buff *skb, __be32 saddr, __be32 daddr, struct nat_route *r)
+{
+	struct ip_endpoint *ep = endpoints_by_ip.lookup(&daddr);
+	struct bpf_fib_lookup f = {};
+	int rc;
+
+	if (ep) {
+		struct net_info *ni = net_info.lookup(&ep->net_id);
+		r->kind = ROUTE_ENDPOINT;
+		r->ifindex = ep->ifindex;
+		__builtin_memcpy(r->dmac, ep->mac, 6);
+		if (ni) {
+			r->oif = ni->bridge_ifindex;
+			__builtin_memcpy(r->smac, ni->gw_mac, 6);
+			r->set_smac = 1;
+		}
+		return;
+	}
+	f.family = 2;   /* AF_INET */
+	f.ipv4_src = saddr;
+	f.ipv4_dst = daddr;
+	f.ifindex = skb->ifindex;
+	rc = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		r->kind = ROUTE_FIB;
+		r->ifindex = r->oif = f.ifindex;
+		__builtin_memcpy(r->dmac, f.dmac, 6);
+		__builtin_memcpy(r->smac, f.smac, 6);
+		r->set_smac = 1;
+	} else if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		r->kind = ROUTE_NEIGH;
+		r->ifindex = r->oif = f.ifindex;
+	}
+}
+
+/* Send a translated packet on its route; sets *code. */
+static __always_inline int nat_forward(struct __sk_buff *skb, const struct nat_route *r, __u32 *code)
+{
+	if (r->kind == ROUTE_STACK) {
+		*code = VERDICT_NAT_PASS;
+		return TC_ACT_OK;
+	}
+	if (ttl_decrement(skb) < 0) {
+		*code = DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+	*code = VERDICT_NAT_REDIRECT;
+	if (r->kind == ROUTE_NEIGH)
+		return dl_redirect_neigh(r->ifindex, 0, 0, 0);
+	if (bpf_skb_store_bytes(skb, 0, r->dmac, 6, 0) < 0 ||
+	    (r->set_smac && bpf_skb_store_bytes(skb, 6, r->smac, 6, 0) < 0)) {
+		*code = DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+	if (r->kind == ROUTE_ENDPOINT)
+		return bpf_redirect_peer(r->ifindex, 0);
+	return bpf_redirect(r->ifindex, 0);
+}
+
+/* Fragments: the first one records its datagram's ports, later ones borrow them. Returns -1
+ * for a later fragment whose first one was not seen. */
+static __always_inline int nat_frag_ports(struct nat_pkt *p)
+{
+	struct frag_key fk = {};
+	struct frag_ports *fp;
+
+	fk.saddr = p->key.saddr;
+	fk.daddr = p->key.daddr;
+	fk.id = p->frag_id;
+	fk.proto = p->key.proto;
+	if (p->has_l4) {
+		struct frag_ports v = { .sport = p->key.sport, .dport = p->key.dport };
+		frag_ports.update(&fk, &v);
+		return 0;
+	}
+	fp = frag_ports.lookup(&fk);
+	if (!fp) {
+		nat_count(NAT_C_FRAG_UNKNOWN);
+		return -1;
+	}
+	p->key.sport = fp->sport;
+	p->key.dport = fp->dport;
+	return 0;
+}
+
+/* An ICMP error quoting a packet of a translated flow: the quote is translated back to what its
+ * sender sent, the outer addresses follow (RFC 5508). */
+static __always_inline int nat_icmp_error(struct __sk_buff *skb, const struct nat_pkt *p, int forward,
+					  __u32 *code)
+{
+	struct ct_key k = {};
+	struct ct_entry *e;
+	struct nat_route r = {};
+	__be32 qs, qd, os, od;
+	__be16 qsp, qdp;
+
+	/* the quoted packet went the other way: its reverse is a tuple of this direction */
+	ct_key_reverse(&k, p->inner.saddr, p->inner.daddr, p->inner.sport, p->inner.dport, p->inner.proto);
+	e = ct.lookup(&k);
+	if (!e)
+		return NAT_DECLINE;
+	qs = e->to_daddr;
+	qd = e->to_saddr;
+	qsp = e->to_dport;
+	qdp = e->to_sport;
+	os = p->key.saddr;
+	od = p->key.daddr;
+	if (od == p->inner.saddr)
+		od = qs;          /* to the quoted packet's sender */
+	if (os == p->inner.daddr)
+		os = qd;          /* from the quoted packet's receiver itself */
+	if (forward) {
+		nat_route(skb, os, od, &r);
+		if (r.kind != ROUTE_STACK && p->ttl <= 1)
+			return NAT_DECLINE;
+	}
+	if (nat_rewrite_icmp_error(skb, p, qs, qd, qsp, qdp, os, od) < 0) {
+		*code = DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+	nat_count(NAT_C_ICMP_ERROR);
+	if (!forward) {
+		*code = VERDICT_NAT_PASS;
+		return TC_ACT_OK;
+	}
+	return nat_forward(skb, &r, code);
+}
+
+/* ---- new flows: judged in two tail-called stages (ebpf/tc_nat.c), one rule evaluation each,
+ * because one program holding both evaluations is beyond what the verifier can explore. The
+ * stages pass their state in nat_scratch (per CPU; a tail-call chain never changes CPU). */
+
+#define NAT_ORIGIN_ENDPOINT 1
+#define NAT_ORIGIN_UPLINK   2
+
+#define NAT_TAIL_EVAL   0   /* evaluate s->hook for s->m into s->d, then tail-call s->next */
+#define NAT_TAIL_ROUTE  1   /* apply PREROUTING's decision, route, set up POSTROUTING */
+#define NAT_TAIL_COMMIT 2   /* apply POSTROUTING's decision, create the flow, rewrite, send */
+
+struct nat_scratch {
+	struct nat_pkt p;
+	struct nat_route r;
+	struct nat_match_pkt m;   /* what the rules of s->hook see */
+	struct nat_decision d;    /* what they decided */
+	__u32 pc;                 /* where tc_nat_eval starts (a hook entry, or after a LOOKUP) */
+	__u32 lookups;            /* NAT_OP_LOOKUP tables consulted so far in this evaluation */
+	__u32 hook;
+	__u32 next;               /* the stage after the evaluation */
+	__u32 iif;                /* logical in-interface */
+	__u32 origin;             /* NAT_ORIGIN_*: what to do when nothing translates */
+	__be32 ts, td;       /* the translated tuple so far */
+	__be16 tsp, tdp;
+	__u8 kind;
+	__u8 state;
+	__u8 flags;
+	__u8 pad;
+};
+
+BPF_TABLE_PINNED("percpu_array", __u32, struct nat_scratch, nat_scratch, 1, PIN_DIR "/nat_scratch");
+BPF_TABLE_PINNED("prog", __u32, __u32, nat_tail, 4, PIN_DIR "/nat_tail");
+
+static __always_inline struct nat_scratch *scratch(void)
+{
+	__u32 zero = 0;
+	return nat_scratch.lookup(&zero);
+}
+
+/* Translate a packet of a tracked flow (or an ICMP error about one). A miss that may start a
+ * new flow (allow_new: routed packets with an L4 header) continues in the NAT_TAIL_PRE stage and
+ * does not return; otherwise NAT_DECLINE. iif: the logical in-interface (-i). */
+static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int allow_new, __u32 origin,
+				       __u32 *code)
+{
+	struct nat_pkt p = {};
+	struct nat_route r = {};
+	struct nat_scratch *s;
+	struct ct_entry *e;
+	enum nat_parse_result pr;
+	__be32 ts, td;
+	__be16 tsp, tdp;
+
+	pr = nat_parse(skb, &p);
+	if (pr == NP_ICMP_ERROR)
+		return nat_icmp_error(skb, &p, 1, code);
+	if (pr != NP_OK)
+		return NAT_DECLINE;
+	if ((!p.has_l4 || p.first_frag) && nat_frag_ports(&p) < 0)
+		return NAT_DECLINE;
+
+	e = ct.lookup(&p.key);
+	if (e && p.key.proto == IPPROTO_TCP && p.has_l4 && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	    e->dir == CT_DIR_ORIG && e->state >= CT_ST_FIN) {
+		ct_delete_pair(&p.key, e);       /* a new connection on a closed flow's tuple */
+		nat_count(NAT_C_CT_RESTART);
+		e = NULL;
+	}
+	if (e) {
+		ts = e->to_saddr;
+		td = e->to_daddr;
+		tsp = e->to_sport;
+		tdp = e->to_dport;
+		ct_refresh(&p.key, e, &p);
+		nat_route(skb, ts, td, &r);
+		if (r.kind != ROUTE_STACK && p.ttl <= 1) {
+			nat_count(NAT_C_TTL_EXCEEDED);
+			return NAT_DECLINE;
+		}
+		if (nat_rewrite(skb, &p, ts, td, tsp, tdp) < 0) {
+			*code = DROP_MALFORMED;
+			return TC_ACT_SHOT;
+		}
+		nat_count(p.has_l4 ? NAT_C_CT_HIT : NAT_C_FRAG_XLATE);
+		return nat_forward(skb, &r, code);
+	}
+	if (!allow_new || !p.has_l4)
+		return NAT_DECLINE;
+	s = scratch();
+	if (!s)
+		return NAT_DECLINE;
+	s->p = p;
+	s->iif = iif;
+	s->origin = origin;
+	__builtin_memset(&s->m, 0, sizeof(s->m));
+	if (p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP) {
+		s->m.sport = bpf_ntohs(p.key.sport);
+		s->m.dport = bpf_ntohs(p.key.dport);
+	}
+	s->m.saddr = p.key.saddr;
+	s->m.daddr = p.key.daddr;
+	s->m.iif = iif;
+	s->m.proto = p.key.proto;
+	s->m.l4 = p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP;
+	s->m.src_local = is_local_addr(p.key.saddr);
+	s->m.dst_local = is_local_addr(p.key.daddr);
+	s->hook = NAT_HOOK_PREROUTING;
+	s->pc = nat_hook_entry(NAT_HOOK_PREROUTING);
+	s->lookups = 0;
+	s->next = NAT_TAIL_ROUTE;
+	nat_tail.call(skb, NAT_TAIL_EVAL);
+	return NAT_DECLINE;     /* the stage is missing: behave as if nothing translates */
+}
+
+/* Leaving by the uplink: translate tracked flows only (replies the host sends for a REDIRECT or
+ * a DNAT to a local address). Never creates a flow. */
+static __always_inline int nat_egress(struct __sk_buff *skb, __u32 *code)
+{
+	struct nat_pkt p = {};
+	enum nat_parse_result pr = nat_parse(skb, &p);
+	struct ct_entry *e;
+	__be32 ts, td;
+	__be16 tsp, tdp;
+
+	if (pr == NP_ICMP_ERROR)
+		return nat_icmp_error(skb, &p, 0, code);
+	if (pr != NP_OK)
+		return NAT_DECLINE;
+	if ((!p.has_l4 || p.first_frag) && nat_frag_ports(&p) < 0)
+		return NAT_DECLINE;
+	e = ct.lookup(&p.key);
+	if (!e)
+		return NAT_DECLINE;
+	ts = e->to_saddr;
+	td = e->to_daddr;
+	tsp = e->to_sport;
+	tdp = e->to_dport;
+	ct_refresh(&p.key, e, &p);
+	if (nat_rewrite(skb, &p, ts, td, tsp, tdp) < 0) {
+		*code = DROP_MALFORMED;
+		return TC_ACT_SHOT;
+	}
+	nat_count(NAT_C_CT_HIT);
+	*code = VERDICT_NAT_PASS;
+	return TC_ACT_OK;
+}
+
+#endif

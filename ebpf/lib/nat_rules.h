@@ -1,0 +1,167 @@
+/* Evaluating the compiled NAT rules (control/nat/compiler.py writes nat_rules, nat_exact and
+ * nat_config). Uses maps: the loader splices this file into the entry file's text, because bcc
+ * rewrites map calls only in the main file.
+ *
+ * Contract with the compiler: a hook's program starts at nat_config.entry[hook]; every goto is
+ * forward; every path ends in a terminal instruction within MAX_NAT_STEPS visits. */
+#ifndef DOCKLINE_NAT_RULES_H
+#define DOCKLINE_NAT_RULES_H
+
+#include "common.h"
+#include "structs.h"
+#include "maps.h"
+
+#define NAT_HOOK_PREROUTING  0
+#define NAT_HOOK_INPUT       1
+#define NAT_HOOK_OUTPUT      2
+#define NAT_HOOK_POSTROUTING 3
+
+/* What a rule sees of a packet. Ports are host order here (ranges compare numerically). */
+struct nat_match_pkt {
+	__be32 saddr;
+	__be32 daddr;
+	__u16  sport;
+	__u16  dport;
+	__u32  iif;          /* logical in-interface (the bridge for endpoints), 0 = none */
+	__u32  oif;          /* out-interface, 0 = none (PREROUTING, OUTPUT) */
+	__u8   proto;
+	__u8   src_local;    /* addrtype LOCAL, from local_addrs */
+	__u8   dst_local;
+	__u8   l4;           /* proto is TCP or UDP */
+};
+
+struct nat_decision {
+	__u8   op;           /* NAT_OP_ACCEPT (no translation), DNAT, SNAT, MASQUERADE, REDIRECT */
+	__be32 to_addr;
+	__u16  to_port_min;  /* host order, 0 = keep */
+	__u16  to_port_max;
+	__u32  table;        /* NAT_OP_LOOKUP only */
+};
+
+static __always_inline __u8 is_local_addr(__be32 addr)
+{
+	struct subnet_key k = { .prefixlen = 32, .addr = addr };
+	return local_addrs.lookup(&k) ? 1 : 0;
+}
+
+/* Branch-free condition arithmetic. Every condition of a rule becomes a 0/1 "miss" computed with
+ * ALU operations only, and the rule takes one branch on their OR. Branches per condition would
+ * make the verifier follow 2^conditions paths through every rule a packet may visit. OPAQUE
+ * stops clang from turning the arithmetic back into compares and branches. */
+#define OPAQUE(x) asm volatile("" : "+r"(x))
+
+static __always_inline __u64 nonzero(__u64 x)          /* x != 0, for x < 2^63 */
+{
+	__u64 t = x | (0 - x);
+	OPAQUE(t);
+	return t >> 63;
+}
+
+static __always_inline __u64 below(__u64 a, __u64 b)    /* a < b, for a, b < 2^32 */
+{
+	__u64 t = a - b;
+	OPAQUE(t);
+	return t >> 63;
+}
+
+#define NEG(bitmask) ((__u64)nonzero(neg & (bitmask)))
+
+/* 1 if the instruction's conditions hold. */
+static __always_inline int rule_matches(const struct nat_rule *r, const struct nat_match_pkt *p)
+{
+	__u64 neg = r->neg, miss = 0, l4 = p->l4, req;
+	__u64 sport = p->sport, dport = p->dport;
+
+	miss |= nonzero((p->saddr & r->src_mask) ^ r->src) ^ NEG(NAT_NEG_SRC);
+	miss |= nonzero((p->daddr & r->dst_mask) ^ r->dst) ^ NEG(NAT_NEG_DST);
+	miss |= (nonzero(r->proto) & nonzero(r->proto ^ p->proto)) ^ NEG(NAT_NEG_PROTO);
+	miss |= (nonzero(r->iif) & nonzero(r->iif ^ p->iif)) ^ NEG(NAT_NEG_IIF);
+	miss |= (nonzero(r->oif) & nonzero(r->oif ^ p->oif)) ^ NEG(NAT_NEG_OIF);
+	/* port conditions belong to -m tcp/udp/multiport: other protocols never match them, even
+	 * negated */
+	req = NEG(NAT_PORTS_REQUIRED);
+	miss |= req & (l4 ^ 1);
+	miss |= req & ((below(sport, r->sport_min) | below(r->sport_max, sport)) ^ NEG(NAT_NEG_SPORT));
+	miss |= req & ((below(dport, r->dport_min) | below(r->dport_max, dport)) ^ NEG(NAT_NEG_DPORT));
+	miss |= NEG(NAT_SRC_LOCAL) & (p->src_local ^ 1 ^ NEG(NAT_NEG_SRC_LOCAL));
+	miss |= NEG(NAT_DST_LOCAL) & (p->dst_local ^ 1 ^ NEG(NAT_NEG_DST_LOCAL));
+	return miss == 0;
+}
+
+/* The exact-match table of a NAT_OP_LOOKUP: a specific destination first, then "any". */
+static __always_inline int nat_exact_match(__u32 table, const struct nat_match_pkt *p,
+					   struct nat_decision *d)
+{
+	struct nat_exact_key k = {};
+	struct nat_exact_val *v;
+
+	if (!p->l4)
+		return 0;
+	k.table = table;
+	k.daddr = p->daddr;
+	k.dport = bpf_htons(p->dport);
+	k.proto = p->proto;
+	v = nat_exact.lookup(&k);
+	if (v && ((v->iif && v->iif != p->iif) ^ v->iif_neg))
+		v = NULL;
+	if (!v) {
+		k.daddr = 0;
+		v = nat_exact.lookup(&k);
+		if (v && ((v->iif && v->iif != p->iif) ^ v->iif_neg))
+			v = NULL;
+	}
+	if (!v)
+		return 0;
+	d->op = NAT_OP_DNAT;
+	d->to_addr = v->to_addr;
+	d->to_port_min = d->to_port_max = bpf_ntohs(v->to_port);
+	return 1;
+}
+
+static __always_inline __u32 nat_hook_entry(__u32 hook)
+{
+	__u32 zero = 0;
+	struct nat_config *cfg = nat_config.lookup(&zero);
+
+	return cfg ? cfg->entry[hook & 3] : 0xffffffff;
+}
+
+/* First-match evaluation from instruction pc until a decision (d->op, NAT_OP_ACCEPT when nothing
+ * translates) or a NAT_OP_LOOKUP instruction: then d->op is NAT_OP_LOOKUP, d->table its table
+ * and *resume where to go on if the table has no entry. The caller does the lookup outside this
+ * loop, so the loop body stays small enough for the verifier at MAX_NAT_STEPS. */
+static __always_inline void nat_evaluate_from(__u32 pc, const struct nat_match_pkt *p,
+					      struct nat_decision *d, __u32 *resume)
+{
+	d->op = NAT_OP_ACCEPT;
+	for (int i = 0; i < MAX_NAT_STEPS; i++) {
+		__u32 k = pc;
+		struct nat_rule *r = nat_rules.lookup(&k);
+
+		if (!r)
+			return;
+		if (!rule_matches(r, p)) {
+			pc = r->on_miss;
+			continue;
+		}
+		if (r->op == NAT_OP_GOTO) {
+			pc = r->on_match;
+			continue;
+		}
+		d->op = r->op;
+		d->to_addr = r->to_addr;
+		d->to_port_min = r->to_port_min;
+		d->to_port_max = r->to_port_max;
+		d->table = r->table;
+		*resume = r->on_miss;
+		return;
+	}
+	{
+		__u32 c = NAT_C_STEPS_EXCEEDED;
+		__u64 *n = nat_counters.lookup(&c);
+		if (n)
+			*n += 1;
+	}
+}
+
+#endif
