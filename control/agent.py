@@ -18,6 +18,7 @@ import socketserver
 import struct
 import sys
 import threading
+import time
 
 from .config import HostConfig
 from .engine import Engine
@@ -32,7 +33,8 @@ OPS = {
     "network_inspect": "network_inspect", "network_rm": "network_rm", "connect": "connect",
     "disconnect": "disconnect", "endpoint_create": "endpoint_create", "endpoint_rm": "endpoint_rm",
     "ps": "ps", "inspect": "inspect", "port": "port", "exec_info": "exec_info", "reset": "reset",
-    "reconcile": "start", "stats": "stats",
+    "reconcile": "start", "stats": "stats", "nat_iptables": "nat_iptables", "nat_import": "nat_import",
+    "nat_save": "nat_save", "conntrack": "conntrack", "conntrack_gc": "conntrack_gc",
 }
 
 
@@ -82,6 +84,18 @@ def _take_lock(host: HostConfig):
     return fd
 
 
+def _start_ct_gc(engine, interval: float):
+    """Conntrack GC every ``interval`` seconds (the datapath never deletes entries itself)."""
+    def loop():
+        while True:
+            time.sleep(interval)
+            try:
+                engine.conntrack_gc()
+            except Exception:   # keep collecting; the next run may succeed
+                log.exception("conntrack GC failed")
+    threading.Thread(target=loop, name="ct-gc", daemon=True).start()
+
+
 def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
     """Enter the host netns, reconcile, serve until SIGTERM/SIGINT. Returns an exit code."""
     if host.host_netns:
@@ -99,6 +113,8 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
         serve(engine, host.metrics_addr)
     log.info("agent for host %s up (datapath %s, %d networks, %d endpoints)", host.name,
              engine.datapath.name, report["networks"], report["endpoints"])
+    if hasattr(engine.datapath, "gc_conntrack") and host.ct_gc_interval > 0:
+        _start_ct_gc(engine, host.ct_gc_interval)
 
     os.makedirs(os.path.dirname(host.socket_path), mode=0o755, exist_ok=True)
     if os.path.exists(host.socket_path):

@@ -25,7 +25,8 @@ def cmd_daemon(a):
     logging.basicConfig(level=getattr(logging, a.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath,
-                      uplink_xdp=a.uplink_xdp or "", metrics_addr=a.metrics_addr or "")
+                      uplink_xdp=a.uplink_xdp or "", metrics_addr=a.metrics_addr or "",
+                      uplinks=a.uplink, ct_gc_interval=a.ct_gc_interval)
     if a.dns_upstream is not None:
         host.dns_upstreams = a.dns_upstream
     return run_agent(host)
@@ -172,9 +173,79 @@ def cmd_stats(a, c):
         output.table(["ENDPOINT", "NETWORK", "REDIRECTED", "PASSED", "DROPPED"],
                      [[e["endpoint"], e["network"], e["redirected"]["packets"], e["passed"]["packets"],
                        e["dropped"]["packets"]] for e in st["endpoints"]])
+        if st.get("nat"):
+            output.table(["NAT EVENT", "COUNT"], [[k, v] for k, v in st["nat"].items() if v])
+            ct = st.get("conntrack", {})
+            print(f"conntrack: {ct.get('entries', 0)} of {ct.get('capacity', 0)} entries "
+                  f"({100 * ct.get('pressure', 0):.1f}% full), GC removed {ct.get('gc_deleted', 0)}")
     else:
         output.table(["PACKETS", "BYTES", "TARGET", "RULE"],
                      [[r["packets"], r["bytes"], r["target"], r["rule"]] for r in st["forward_rules"]])
+
+
+def cmd_nat_import(a, c):
+    text = sys.stdin.read() if a.file == "-" else open(a.file).read()
+    r = c.call("nat_import", text=text)
+    if a.json:
+        return output.emit_json(r)
+    for w in r["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"imported {r['rules']} rules in {r['chains']} chains")
+
+
+def cmd_nat_save(a, c):
+    r = c.call("nat_save")
+    output.emit_json(r) if a.json else sys.stdout.write(r["text"])
+
+
+def cmd_nat_conntrack(a, c):
+    r = c.call("conntrack", limit=a.limit)
+    if a.json:
+        return output.emit_json(r)
+    output.table(["PROTO", "ORIGINAL", "TRANSLATED", "STATE", "KIND", "EXPIRES", "PACKETS"],
+                 [[f["proto"], f["orig"], f["translated"], f["state"], f["kind"], f["expires_in_s"], f["packets"]]
+                  for f in r["flows"]])
+    t = r["table"]
+    print(f"{t.get('entries', 0)} entries of {t.get('capacity', 0)} ({100 * t.get('pressure', 0):.1f}% full)")
+
+
+def cmd_nat_gc(a, c):
+    r = c.call("conntrack_gc")
+    output.emit_json(r) if a.json else output.kv(r)
+
+
+def run_iptables(host: str, as_json: bool, argv: list[str]) -> int:
+    """``dockline iptables ARGS``: the arguments go to the agent untouched (iptables syntax)."""
+    try:
+        r = Client(host).call("nat_iptables", argv=argv)
+    except DocklineError as e:
+        output.error(e.message)
+        return e.exit_code
+    if as_json:
+        output.emit_json(r)
+    elif r["output"]:
+        sys.stdout.write(r["output"] if r["output"].endswith("\n") else r["output"] + "\n")
+    return 0
+
+
+def _split_iptables(argv: list[str]):
+    """(host, json, iptables args) if the command is ``iptables``, else None."""
+    host, as_json, i = os.environ.get("DOCKLINE_HOST", DEFAULT_HOST), False, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--json":
+            as_json = True
+        elif a == "--host" and i + 1 < len(argv):
+            host = argv[i + 1]
+            i += 1
+        elif a.startswith("--host="):
+            host = a.split("=", 1)[1]
+        elif a == "iptables":
+            return host, as_json, argv[i + 1:]
+        else:
+            return None
+        i += 1
+    return None
 
 
 def cmd_reset(a, c):
@@ -208,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
     d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP early drops to this uplink")
+    d.add_argument("--uplink", action="append", default=[], metavar="IFNAME",
+                   help="an interface towards the outside: eBPF NAT (published ports, masquerade) runs on it "
+                        "(repeatable)")
+    d.add_argument("--ct-gc-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="conntrack garbage collection period (default: %(default)s)")
     d.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     d.add_argument("--log-level", default="info")
     d.set_defaults(func=cmd_daemon, raw=True)
@@ -295,6 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("command", nargs=argparse.REMAINDER)
     x.set_defaults(func=cmd_exec)
 
+    sub.add_parser("iptables", help="iptables -t nat syntax on dockline's eBPF NAT (e.g. dockline iptables -t nat -S)")
+    nat = sub.add_parser("nat", parents=[common], help="the eBPF NAT: import/save rules, conntrack")
+    nx = nat.add_subparsers(dest="natcmd", required=True, metavar="COMMAND")
+    x = nx.add_parser("import", parents=[common], help="replace the nat rules with iptables-save output")
+    x.add_argument("file", nargs="?", default="-", help="iptables-save -t nat output (default: stdin)")
+    x.set_defaults(func=cmd_nat_import)
+    nx.add_parser("save", parents=[common], help="print the nat rules as iptables-save text").set_defaults(
+        func=cmd_nat_save)
+    x = nx.add_parser("conntrack", parents=[common], help="list translated flows")
+    x.add_argument("--limit", type=int, default=1000)
+    x.set_defaults(func=cmd_nat_conntrack)
+    nx.add_parser("gc", parents=[common], help="remove expired conntrack entries now").set_defaults(func=cmd_nat_gc)
+
     sy = sub.add_parser("system", parents=[common], help="whole-host operations")
     ss = sy.add_subparsers(dest="syscmd", required=True, metavar="COMMAND")
     ss.add_parser("reset", parents=[common], help="remove every endpoint, network and rule").set_defaults(func=cmd_reset)
@@ -303,7 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    ipt = _split_iptables(raw)
+    if ipt is not None:
+        return run_iptables(*ipt)
+    args = build_parser().parse_args(raw)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     try:

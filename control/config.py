@@ -42,6 +42,8 @@ class HostConfig:
     host_netns: str = ""                 # "" = the agent's own (root) netns
     datapath: str = "auto"
     uplink_xdp: str = ""                 # uplink device for native XDP early drops ("" = off)
+    uplinks: list[str] = field(default_factory=list)   # interfaces towards outside: eBPF NAT on them
+    ct_gc_interval: float = 10.0         # seconds between conntrack GC runs (eBPF backend)
     metrics_addr: str = ""               # host:port for Prometheus /metrics ("" = off)
     dns_upstreams: list[str] = field(default_factory=default_upstreams)
     state_root: str = STATE_ROOT

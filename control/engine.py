@@ -40,6 +40,19 @@ def _new_id() -> str:
     return secrets.token_hex(32)
 
 
+NAT_RULES_KEY = "nat_rules"
+
+
+def _is_listing(argv: list[str]) -> bool:
+    """-L/-S (also bundled, e.g. -nvL) or their long forms."""
+    for a in argv:
+        if a in ("--list", "--list-rules"):
+            return True
+        if a.startswith("-") and not a.startswith("--") and a[1:].isalpha() and ("L" in a or "S" in a):
+            return True
+    return False
+
+
 class Engine:
     def __init__(self, host: HostConfig, store: Store | None = None, datapath=None, dns=None):
         self.host = host
@@ -140,7 +153,8 @@ class Engine:
     # ================================================================ reads
     def state(self) -> DesiredState:
         with self.store.transaction() as tx:
-            return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(), tx.ports())
+            return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(), tx.ports(),
+                                tx.get_meta(NAT_RULES_KEY, "") or "")
 
     def _network(self, tx, ref: str) -> Network:
         net = tx.network(ref)
@@ -530,6 +544,99 @@ class Engine:
             return {"endpoints": len(state.endpoints), "networks": len(state.networks)}
 
     # ================================================================ DNS
+    # ================================================================ nat rules
+    def _nat_backend(self):
+        if not hasattr(self.datapath, "apply_nat"):
+            raise InvalidArgument(f"nat rules need the ebpf datapath (this agent runs {self.datapath.name})")
+        return self.datapath
+
+    def _nat_user_ruleset(self, text: str):
+        from .nat.parser import parse_save
+        from .nat.rules import Ruleset
+        return parse_save(text)[0] if text else Ruleset()
+
+    def _nat_set(self, ruleset) -> dict:
+        """Validate, compile and apply ``ruleset`` as the user's nat table; store it only if the
+        datapath took it (a refused rule set changes nothing)."""
+        from .datapath.ebpf import MANAGED_CHAINS
+        dp = self._nat_backend()
+        for c in MANAGED_CHAINS:
+            if c in ruleset.chains:
+                raise InvalidArgument(f"chain {c} is managed by dockline (published ports, masquerade)")
+        text = ruleset.save()
+        state = self.state()
+        old = state.nat_rules
+        state.nat_rules = text
+        dp.check_nat(state)                          # raises with nothing applied
+        with self.store.transaction() as tx:
+            tx.set_meta(NAT_RULES_KEY, text)
+        try:
+            applied = dp.apply_nat(state)
+        except Exception:
+            with self.store.transaction() as tx:
+                tx.set_meta(NAT_RULES_KEY, old)
+            raise
+        log.info("nat rules changed: %s", applied)
+        return applied
+
+    def nat_iptables(self, argv: list[str]) -> dict:
+        """One ``iptables -t nat ...`` command on the user's nat table. Listing commands (-L, -S)
+        show the control plane's chains too, as iptables would show Docker's."""
+        from .nat.commands import apply
+        with self._lock:
+            self._nat_backend()
+            user = self._nat_user_ruleset(self.state().nat_rules)
+            if _is_listing(argv):
+                from .datapath.ebpf import merged_ruleset
+                state = self.state()
+                rs, entries = merged_ruleset(state, state.nat_rules)
+                rs.chains["DOCKLINE"] = self._published_rules(state)
+                _, out = apply(rs, argv)
+                return {"output": out}
+            new, out = apply(user, argv)
+            if new.save() != user.save():
+                self._nat_set(new)
+            return {"output": out}
+
+    @staticmethod
+    def _published_rules(state):
+        from .nat.rules import PortRange, Rule
+        import ipaddress as _ip
+        rules = []
+        for pm in state.ports:
+            t = state.port_target(pm)
+            if t is None:
+                continue
+            rules.append(Rule(dst=None if pm.host_ip == "0.0.0.0" else _ip.IPv4Network(f"{pm.host_ip}/32"),
+                              proto=pm.proto, dport=PortRange(pm.host_port, pm.host_port), target="DNAT",
+                              to_addr=_ip.IPv4Address(t.ip), to_ports=PortRange(pm.container_port, pm.container_port)))
+        return rules
+
+    def nat_import(self, text: str) -> dict:
+        """Replace the user's nat table with ``iptables-save`` output (its *nat block)."""
+        from .nat.parser import parse_save
+        with self._lock:
+            self._nat_backend()
+            ruleset, warnings = parse_save(text)
+            applied = self._nat_set(ruleset)
+            chains = len(ruleset.chains)
+            rules = sum(len(r) for r in ruleset.chains.values())
+            return {"chains": chains, "rules": rules, "warnings": warnings, "applied": applied}
+
+    def nat_save(self) -> dict:
+        """The user's nat table as iptables-save text (restorable by ``nat import`` and by
+        ``iptables-restore``)."""
+        with self._lock:
+            return {"text": self._nat_user_ruleset(self.state().nat_rules).save()}
+
+    def conntrack(self, limit: int = 1000) -> dict:
+        dp = self._nat_backend()
+        return {"flows": dp.conntrack(limit), "table": dp.gc.pressure() if dp.gc else {}}
+
+    def conntrack_gc(self) -> dict:
+        with self._lock:
+            return self._nat_backend().gc_conntrack()
+
     def _write_resolv_conf(self, state: DesiredState, ep: Endpoint):
         """``ip netns exec`` shows /etc/netns/<name>/resolv.conf as /etc/resolv.conf inside."""
         if not (ep.owned and ep.netns_name):

@@ -5,10 +5,16 @@
 
 BPF_HASH(check_endpoint_info, __u32, struct endpoint_info, 1);
 BPF_HASH(check_ip_endpoint, __be32, struct ip_endpoint, 1);
-BPF_HASH(check_published_key, struct published_key, __u8, 1);
 BPF_HASH(check_subnet_key, struct subnet_key, __u8, 1);
 BPF_HASH(check_counter, __u32, struct counter, 1);
 BPF_HASH(check_endpoint_stats, __u32, struct endpoint_stats, 1);
+BPF_HASH(check_net_info, __u32, struct net_info, 1);
+BPF_HASH(check_ct, struct ct_key, struct ct_entry, 1);
+BPF_HASH(check_nat_config, __u32, struct nat_config, 1);
+BPF_HASH(check_nat_rule, __u32, struct nat_rule, 1);
+BPF_HASH(check_nat_exact, struct nat_exact_key, struct nat_exact_val, 1);
+BPF_HASH(check_frag, struct frag_key, struct frag_ports, 1);
+BPF_HASH(check_sock_xlate, __u64, struct sock_xlate, 1);
 
 int layout_check(struct __sk_buff *skb)
 {

@@ -79,7 +79,7 @@ int tc_from_endpoint(struct __sk_buff *skb)
 		struct net_info *ni = net_info.lookup(&net);
 		if (ni) {
 			action = nat_ingress(skb, ni->bridge_ifindex, to_gateway(skb, ni), NAT_ORIGIN_ENDPOINT,
-					     &code);
+					     net, &code);
 			if (action != NAT_DECLINE) {
 				count_endpoint(ifindex, code, skb->len);
 				return action;

@@ -112,6 +112,23 @@ int tc_nat_route(struct __sk_buff *skb)
 	__builtin_memset(&s->r, 0, sizeof(s->r));
 	nat_route(skb, s->ts, s->td, &s->r);
 	s->d.op = NAT_OP_ACCEPT;
+	if (s->origin == NAT_ORIGIN_ENDPOINT && s->r.kind == ROUTE_ENDPOINT) {
+		/* isolation: only a DNATed flow (a published port) may reach another network */
+		if (!(s->kind & CT_K_DNAT) && s->r.net_id != s->net_id)
+			return declined(skb, s);
+		/* a container reaching its own published port: the reply must come back through us,
+		 * so the source becomes its gateway (Docker writes a MASQUERADE rule per port) */
+		if ((s->kind & CT_K_DNAT) && s->td == s->ts) {
+			__u32 iif = s->iif;
+			__be32 *gw = nat_ifaddr.lookup(&iif);
+			if (!gw)
+				return finish(skb, s, DROP_NAT_NO_ADDR, TC_ACT_SHOT);
+			s->ts = *gw;
+			s->kind |= CT_K_SNAT;
+			nat_tail.call(skb, NAT_TAIL_COMMIT);
+			return declined(skb, s);
+		}
+	}
 	if (!(s->kind & CT_K_LOCAL) && s->r.oif) {
 		s->m.saddr = s->ts;
 		s->m.daddr = s->td;

@@ -16,6 +16,7 @@ class DesiredState:
     endpoints: list[Endpoint] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     ports: list[PortMapping] = field(default_factory=list)
+    nat_rules: str = ""          # the user's nat table (iptables-save text; `dockline iptables`)
 
     def network(self, net_id: str) -> Network:
         return next(n for n in self.networks if n.id == net_id)

@@ -1,33 +1,58 @@
-"""The eBPF backend: TC programs on every endpoint's host-side veth (ebpf/tc_endpoint.c) do
-anti-spoofing, network isolation and same-network forwarding with bpf_redirect_peer; native XDP
-on the uplink (ebpf/xdp_uplink.c) drops spoofed and broken packets early.
+"""The eBPF backend.
 
-It builds on the kernel backend: the bridge stays for ARP, broadcast and the gateway, and
-iptables still does NAT until eBPF NAT lands. The control plane owns the maps: they hold
-exactly what the store says, so learning never creates state (anti-spoofing, design §3.2).
+  * TC on every endpoint's host-side veth (ebpf/tc_endpoint.c): anti-spoofing, NAT with
+    conntrack, network isolation, same-network forwarding with bpf_redirect_peer.
+  * TC on each uplink (ebpf/tc_uplink.c): NAT of what arrives from outside (published ports,
+    replies of masqueraded flows) and of tracked flows leaving; native XDP on the uplink
+    (ebpf/xdp_uplink.c, optional) drops spoofed and broken packets early.
+  * Socket-layer DNAT for the host's own processes (ebpf/cgroup_sock.c on the cgroup v2 root).
+  * One NAT engine for everything: the control plane's published ports and masquerade are nat
+    rules (Docker's shapes, in chains DOCKLINE and DOCKLINE-POSTROUTING) compiled together with
+    the rules users give ``dockline iptables -t nat`` (control/nat/compiler.py) into maps
+    (control/datapath/nat_maps.py). iptables keeps only the filter rules, for what reaches the
+    stack; it does no NAT on this backend.
+
+The control plane owns the maps: they hold exactly what the store says, so learning never
+creates state (anti-spoofing, design §3.2). Conntrack entries are the datapath's; the agent only
+deletes expired ones (ct_gc.py).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ipaddress
 import logging
-import os
 import shutil
 import zlib
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import DatapathError
+from ..nat import compiler as nat_compiler
+from ..nat.parser import parse_save
+from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
 from . import bpf_structs as S
-from . import loader
+from . import cgroup_attach, loader
+from .ct_gc import ConntrackGC
 from .kernel import KernelDatapath
+from .nat_maps import NatMaps
 
 log = logging.getLogger("dockline.ebpf")
 
-TC_PRIO = 10            # our filter's priority on clsact ingress (fault injection uses 1)
+TC_PRIO = 10            # our filter's priority on clsact (fault injection uses 1)
 TC_HANDLE = ":1"
 INGRESS = "ffff:fff2"
+EGRESS = "ffff:fff3"
 XDP_FLAGS_DRV_MODE = 1 << 2
+NAT_PORT_RANGE = (61000, 65535)    # masquerade source ports: outside the host's ip_local_port_range
+
+MANAGED_CHAINS = ("DOCKLINE", "DOCKLINE-POSTROUTING")
+
+SOCK_PROGRAMS = (("sock_connect4", loader.BPF_CGROUP_INET4_CONNECT),
+                 ("sock_sendmsg4", loader.BPF_CGROUP_UDP4_SENDMSG),
+                 ("sock_recvmsg4", loader.BPF_CGROUP_UDP4_RECVMSG),
+                 ("sock_getpeername4", loader.BPF_CGROUP_INET4_GETPEERNAME))
 
 
 def net_number(net_id: str) -> int:
@@ -35,8 +60,47 @@ def net_number(net_id: str) -> int:
     return (zlib.crc32(net_id.encode()) & 0x7FFFFFFF) or 1
 
 
+def control_plane_rules(state) -> tuple[Ruleset, list]:
+    """The control plane's own nat rules, Docker's shapes (userland proxy off), as a Ruleset with
+    the jumps and masquerade rules, plus the published ports as ready exact entries for chain
+    DOCKLINE (``(daddr, port, proto, ExactValue)``): thousands of ports never become Rule objects
+    on the way to the maps. A container reaching its own published port is SNATed to its gateway
+    by the datapath itself (the hairpin rule Docker writes per port)."""
+    rs = Ruleset()
+    rs.chains["DOCKLINE"] = []
+    rs.chains["DOCKLINE-POSTROUTING"] = []
+    rs.chains["PREROUTING"].append(Rule(dst_type="LOCAL", target="DOCKLINE"))
+    rs.chains["OUTPUT"].append(Rule(dst_type="LOCAL", target="DOCKLINE"))
+    rs.chains["POSTROUTING"].append(Rule(target="DOCKLINE-POSTROUTING"))
+    for n in state.networks:
+        if n.driver == "bridge" and not n.internal:
+            rs.chains["DOCKLINE-POSTROUTING"].append(
+                Rule(src=ipaddress.IPv4Network(n.subnet), out_iface=n.bridge, out_neg=True, target="MASQUERADE"))
+    entries = []
+    for pm in state.ports:
+        target = state.port_target(pm)
+        if target is None:
+            continue
+        daddr = nat_compiler.ANY if pm.host_ip == "0.0.0.0" else ipaddress.IPv4Address(pm.host_ip)
+        entries.append((daddr, pm.host_port, 6 if pm.proto == "tcp" else 17,
+                        nat_compiler.ExactValue(ipaddress.IPv4Address(target.ip), pm.container_port)))
+    return rs, entries
+
+
+def merged_ruleset(state, user_text: str) -> tuple[Ruleset, list]:
+    """Control-plane chains first (their jumps lead each built-in chain), then the user's rules."""
+    rs, entries = control_plane_rules(state)
+    if user_text:
+        user, _ = parse_save(user_text)
+        for chain, rules in user.chains.items():
+            rs.chains.setdefault(chain, [])
+            rs.chains[chain].extend(rules)
+    return rs, entries
+
+
 class EbpfDatapath(KernelDatapath):
     name = "ebpf"
+    does_nat = False        # iptables does no NAT on this backend (KernelDatapath renders filter only)
 
     @classmethod
     def probe(cls):
@@ -50,31 +114,64 @@ class EbpfDatapath(KernelDatapath):
         self.programs: loader.Programs | None = None
         self.maps: dict[str, loader.PinnedMap] = {}
         self.uplink_xdp = getattr(host, "uplink_xdp", "")
+        self.uplinks = list(getattr(host, "uplinks", []) or [])
+        self.nat: NatMaps | None = None
+        self.gc: ConntrackGC | None = None
+        self.cookie = 0
+        self.last_nat_apply: dict = {}
 
     # ---------------------------------------------------------------- host
     def setup_host(self):
         super().setup_host()
         self.programs = loader.Programs(self.host.bpf_dir).load()
         root = str(self.programs.root)
+        P, U32, U64 = loader.PinnedMap, S.ctypes.c_uint32, S.ctypes.c_uint64
         self.maps = {
-            "by_ifindex": loader.PinnedMap(f"{root}/endpoints_by_ifindex", S.ctypes.c_uint32, S.EndpointInfo),
-            "by_ip": loader.PinnedMap(f"{root}/endpoints_by_ip", S.ctypes.c_uint32, S.IpEndpoint),
-            "published": loader.PinnedMap(f"{root}/published_ports", S.PublishedKey, S.ctypes.c_uint8),
-            "subnets": loader.PinnedMap(f"{root}/local_subnets", S.SubnetKey, S.ctypes.c_uint8),
-            "verdicts": loader.PinnedMap(f"{root}/verdicts", S.ctypes.c_uint32, S.Counter, percpu=True),
-            "ep_stats": loader.PinnedMap(f"{root}/endpoint_stats", S.ctypes.c_uint32, S.EndpointStats, percpu=True),
+            "by_ifindex": P(f"{root}/endpoints_by_ifindex", U32, S.EndpointInfo),
+            "by_ip": P(f"{root}/endpoints_by_ip", U32, S.IpEndpoint),
+            "subnets": P(f"{root}/local_subnets", S.SubnetKey, S.ctypes.c_uint8),
+            "verdicts": P(f"{root}/verdicts", U32, S.Counter, percpu=True),
+            "ep_stats": P(f"{root}/endpoint_stats", U32, S.EndpointStats, percpu=True),
+            "net_info": P(f"{root}/net_info", U32, S.NetInfo),
+            "ct": P(f"{root}/ct", S.CtKey, S.CtEntry),
+            "nat_config": P(f"{root}/nat_config", U32, S.NatConfig),
+            "nat_rules": P(f"{root}/nat_rules", U32, S.NatRule),
+            "nat_exact": P(f"{root}/nat_exact", S.NatExactKey, S.NatExactVal),
+            "nat_ifaddr": P(f"{root}/nat_ifaddr", U32, U32),
+            "local_addrs": P(f"{root}/local_addrs", S.SubnetKey, S.ctypes.c_uint8),
+            "nat_counters": P(f"{root}/nat_counters", U32, U64, percpu=True),
         }
+        self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"])
+        self.cookie = cgroup_attach.netns_cookie()
+        self.gc = ConntrackGC(self.maps["ct"])
+        for up in self.uplinks:
+            self._attach_uplink(up)
         if self.uplink_xdp:
             self._attach_xdp(self.uplink_xdp)
+        for fn, kind in SOCK_PROGRAMS:
+            cgroup_attach.attach(self.programs.progs[fn].fd, kind)
+        log.info("socket-layer NAT attached to the cgroup root (host netns cookie %d)", self.cookie)
 
     def teardown_host(self):
-        if self.uplink_xdp:
-            idx = links.link_index(self.ipr, self.uplink_xdp)
+        for up in [self.uplink_xdp] if self.uplink_xdp else []:
+            idx = links.link_index(self.ipr, up)
             if idx is not None:
                 try:
                     self.ipr.link("set", index=idx, xdp_fd=-1)
                 except NetlinkError:
                     pass
+        for up in self.uplinks:
+            idx = links.link_index(self.ipr, up)
+            if idx is not None:
+                for parent in (INGRESS, EGRESS):
+                    try:
+                        self.ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
+                    except NetlinkError:
+                        pass
+        if self.programs:
+            for fn, kind in SOCK_PROGRAMS:
+                cgroup_attach.detach(self.programs.progs[fn].fd, kind)
+            self._detach_stale_sock_programs(keep=None)
         for m in self.maps.values():
             m.close()
         self.maps = {}
@@ -94,18 +191,16 @@ class EbpfDatapath(KernelDatapath):
             return
         log.info("native XDP attached on uplink %s", ifname)
 
-    # ---------------------------------------------------------------- endpoints
-    def ensure_attachment(self, net, ep, att, primary):
-        super().ensure_attachment(net, ep, att, primary)
-        idx = links.link_index(self.ipr, att.host_ifname)
-        info = S.EndpointInfo(mac=S.mac_bytes(att.mac), flags=0, ip=S.be32(att.ip), net_id=net_number(net.id))
-        self.maps["by_ifindex"].update(idx, info)
-        self.maps["by_ip"].update(S.be32(att.ip), S.IpEndpoint(ifindex=idx, net_id=net_number(net.id),
-                                                               mac=S.mac_bytes(att.mac), flags=0))
-        self._attach_tc(idx, att.host_ifname)
+    def _attach_uplink(self, ifname: str):
+        idx = links.link_index(self.ipr, ifname)
+        if idx is None:
+            raise DatapathError(f"uplink {ifname} does not exist")
+        self._tc_filter(idx, ifname, "tc_uplink_ingress", INGRESS)
+        self._tc_filter(idx, ifname, "tc_uplink_egress", EGRESS)
+        log.info("NAT attached on uplink %s (tc ingress and egress)", ifname)
 
-    def _attach_tc(self, idx: int, ifname: str):
-        prog = self.programs.progs["tc_from_endpoint"]
+    def _tc_filter(self, idx: int, ifname: str, fn: str, parent: str):
+        prog = self.programs.progs[fn]
         try:
             try:
                 self.ipr.tc("add", "clsact", idx)
@@ -114,9 +209,37 @@ class EbpfDatapath(KernelDatapath):
                     raise
             # replace is atomic: a restart re-attaching the same program drops nothing
             self.ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=prog.fd, name=prog.name,
-                        parent=INGRESS, classid=1, direct_action=True, prio=TC_PRIO)
+                        parent=parent, classid=1, direct_action=True, prio=TC_PRIO)
         except NetlinkError as e:
-            raise DatapathError(f"attaching tc_from_endpoint to {ifname} failed: {e}") from None
+            raise DatapathError(f"attaching {fn} to {ifname} failed: {e}") from None
+
+    # ---------------------------------------------------------------- networks
+    def ensure_network(self, net):
+        super().ensure_network(net)
+        if net.driver != "bridge":
+            return
+        idx = links.link_index(self.ipr, net.bridge)
+        if idx is None:
+            return
+        mac = self.ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        self.maps["net_info"].update(net_number(net.id), S.NetInfo(
+            bridge_ifindex=idx, gateway=S.be32(net.gateway), gw_mac=S.mac_bytes(mac), pad=0))
+
+    def remove_network(self, net):
+        self.maps["net_info"].delete(net_number(net.id))
+        super().remove_network(net)
+
+    # ---------------------------------------------------------------- endpoints
+    def ensure_attachment(self, net, ep, att, primary):
+        super().ensure_attachment(net, ep, att, primary)
+        self.ensure_network(net)     # the bridge MAC may have changed when its first port joined
+        idx = links.link_index(self.ipr, att.host_ifname)
+        flags = S.EP_F_INTERNAL if net.internal else 0
+        info = S.EndpointInfo(mac=S.mac_bytes(att.mac), flags=flags, ip=S.be32(att.ip), net_id=net_number(net.id))
+        self.maps["by_ifindex"].update(idx, info)
+        self.maps["by_ip"].update(S.be32(att.ip), S.IpEndpoint(ifindex=idx, net_id=net_number(net.id),
+                                                               mac=S.mac_bytes(att.mac), flags=flags))
+        self._tc_filter(idx, att.host_ifname, "tc_from_endpoint", INGRESS)
 
     def remove_attachment(self, net, ep, att):
         idx = links.link_index(self.ipr, att.host_ifname)
@@ -130,20 +253,58 @@ class EbpfDatapath(KernelDatapath):
 
     # ---------------------------------------------------------------- policy
     def sync_policy(self, state):
-        super().sync_policy(state)
-        want_pub = set()
-        for pm in state.ports:
-            target = state.port_target(pm)
-            if target is not None:
-                want_pub.add((S.be32(target.ip), S.be16(pm.container_port), 6 if pm.proto == "tcp" else 17))
-        self._sync_set(self.maps["published"], want_pub,
-                       lambda k: (k.ip, k.port, k.proto), lambda t: S.PublishedKey(t[0], t[1], t[2], 0))
+        super().sync_policy(state)      # filter rules only (does_nat = False)
         want_nets = set()
         for n in state.networks:
             if n.subnet:
                 addr, plen = n.subnet.split("/")
                 want_nets.add((int(plen), S.be32(addr)))
         self._sync_set(self.maps["subnets"], want_nets, lambda k: (k.prefixlen, k.addr),
+                       lambda t: S.SubnetKey(t[0], t[1]))
+        self._sync_host_addresses()
+        self.apply_nat(state)
+
+    def apply_nat(self, state) -> dict:
+        """Compile the control plane's and the user's nat rules and write them (atomically)."""
+        rs, entries = merged_ruleset(state, getattr(state, "nat_rules", ""))
+        names = {}
+
+        def ifindex(name):
+            if name not in names:
+                names[name] = links.link_index(self.ipr, name)
+            return names[name]
+
+        def compile_with_base(base):
+            return nat_compiler.compile_ruleset(rs, ifindex, base, managed={"DOCKLINE": entries})
+
+        self.last_nat_apply = self.nat.apply(compile_with_base, self.cookie, *NAT_PORT_RANGE)
+        return self.last_nat_apply
+
+    def check_nat(self, state) -> None:
+        """Raise InvalidArgument if the rules in ``state`` do not compile (nothing is written)."""
+        rs, entries = merged_ruleset(state, getattr(state, "nat_rules", ""))
+        nat_compiler.compile_ruleset(rs, lambda n: links.link_index(self.ipr, n), 1,
+                                     managed={"DOCKLINE": entries})
+
+    def _sync_host_addresses(self):
+        """nat_ifaddr: every interface's first IPv4 address (MASQUERADE leaving by it, REDIRECT
+        arriving by it); local_addrs: the host's local routing table (addrtype LOCAL)."""
+        want_if = {}
+        for a in self.ipr.get_addr(family=2):
+            idx = a["index"]
+            if idx not in want_if:
+                want_if[idx] = S.be32(a.get_attr("IFA_ADDRESS"))
+        have = {k.value: v.value for k, v in self.maps["nat_ifaddr"].items()}
+        for idx in set(have) - set(want_if):
+            self.maps["nat_ifaddr"].delete(idx)
+        for idx, addr in want_if.items():
+            if have.get(idx) != addr:
+                self.maps["nat_ifaddr"].update(idx, S.ctypes.c_uint32(addr))
+        want_local = set()
+        for r in self.ipr.get_routes(family=2, table=255):
+            if r["type"] == 2:     # RTN_LOCAL
+                want_local.add((r["dst_len"], S.be32(r.get_attr("RTA_DST"))))
+        self._sync_set(self.maps["local_addrs"], want_local, lambda k: (k.prefixlen, k.addr),
                        lambda t: S.SubnetKey(t[0], t[1]))
 
     @staticmethod
@@ -173,9 +334,37 @@ class EbpfDatapath(KernelDatapath):
         for k in self.maps["ep_stats"].keys():
             if k.value not in live:
                 self.maps["ep_stats"].delete(k)
+        nets = {net_number(n.id) for n in state.networks}
+        for k in self.maps["net_info"].keys():
+            if k.value not in nets:
+                self.maps["net_info"].delete(k)
+        self._detach_stale_sock_programs(keep=self.programs.digest)
         gone = self.programs.remove_stale()
         removed += [f"stale programs {d}" for d in gone]
         return removed
+
+    def _detach_stale_sock_programs(self, keep: str | None):
+        """Detach socket programs pinned under older digests (before their pins go)."""
+        progs = self.programs.root / "progs"
+        for d in progs.iterdir() if progs.exists() else []:
+            if d.name == keep:
+                continue
+            for fn, kind in SOCK_PROGRAMS:
+                pin = d / fn
+                if pin.exists():
+                    fd = loader.obj_get(str(pin))
+                    try:
+                        cgroup_attach.detach(fd, kind)
+                    finally:
+                        import os
+                        os.close(fd)
+
+    # ---------------------------------------------------------------- conntrack
+    def gc_conntrack(self) -> dict:
+        return self.gc.run() if self.gc else {}
+
+    def conntrack(self, limit: int = 1000) -> list[dict]:
+        return self.gc.entries(limit) if self.gc else []
 
     # ---------------------------------------------------------------- observability
     def stats(self, state=None) -> dict:
@@ -199,11 +388,16 @@ class EbpfDatapath(KernelDatapath):
                 row[f] = {"packets": sum(getattr(v, f).packets for v in vals),
                           "bytes": sum(getattr(v, f).bytes for v in vals)}
             endpoints.append(row)
-        return {"datapath": self.name, "verdicts": verdicts, "endpoints": endpoints}
+        nat = {c.name.lower(): sum(v.value for v in (self.maps["nat_counters"].lookup(int(c)) or []))
+               for c in S.NatCounter}
+        ct = self.gc.pressure() if self.gc else {}
+        return {"datapath": self.name, "verdicts": verdicts, "endpoints": endpoints, "nat": nat,
+                "conntrack": ct}
 
     def info(self):
         p = self.programs
-        return {"name": self.name, "rules": "TC clsact programs + iptables NAT",
+        return {"name": self.name, "rules": "TC clsact programs, eBPF NAT (iptables: filter only)",
                 "programs_digest": p.digest if p else "", "compiled_this_start": bool(p and p.compiled),
                 "pins": str(p.root) if p else "", "uplink_xdp": self.uplink_xdp or "off",
+                "uplinks": self.uplinks, "nat": self.last_nat_apply,
                 "endpoints_in_map": len(self.maps["by_ifindex"].keys()) if self.maps else 0}

@@ -44,8 +44,12 @@ class PublishedPort:
     bridge: str
 
 
-def render(networks: list[Network], ports: list[PublishedPort]) -> str:
-    """The complete content of our chains for ``iptables-restore --noflush``."""
+def render(networks: list[Network], ports: list[PublishedPort], nat: bool = True) -> str:
+    """The complete content of our chains for ``iptables-restore --noflush``. ``nat=False`` (the
+    eBPF backend, which translates in its programs) leaves the nat chains empty and the filter
+    rules without per-port entries: translated flows never reach the stack there."""
+    if not nat:
+        ports = []
     bridged = [n for n in networks if n.driver == "bridge"]
     nat, post, fence, pre, fwd, flt, iso1, iso2 = [], [], [], [], [], [], [], []
     for n in bridged:
@@ -54,7 +58,7 @@ def render(networks: list[Network], ports: list[PublishedPort]) -> str:
             # First of all: nothing enters or leaves an internal network's subnet.
             fence.append(f"! -s {sub} -o {br} -j DROP")
             fence.append(f"! -d {sub} -i {br} -j DROP")
-        else:
+        elif nat:
             post.append(f"-s {sub} ! -o {br} -j MASQUERADE")
             # Connections from the host itself (127.0.0.1 included) get the bridge address.
             post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")

@@ -28,6 +28,7 @@ def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProces
 
 class KernelDatapath(Datapath):
     name = "kernel"
+    does_nat = True         # iptables DNAT/MASQUERADE (the eBPF backend translates in its programs)
 
     @classmethod
     def probe(cls):
@@ -39,6 +40,7 @@ class KernelDatapath(Datapath):
     def __init__(self, host):
         super().__init__(host)
         self.ipr = IPRoute()
+        self._last_rules = None     # the text last restored: an unchanged rule set is not rewritten
 
     # ---------------------------------------------------------------- host
     def setup_host(self):
@@ -55,6 +57,7 @@ class KernelDatapath(Datapath):
             _run(["iptables", "-w", "-t", table, "-N", chain])
 
     def teardown_host(self):
+        self._last_rules = None
         self._restore(rules.render_teardown())
         for table, chain, spec in rules.JUMPS:
             while _run(["iptables", "-w", "-t", table, "-D", chain] + spec).returncode == 0:
@@ -102,7 +105,10 @@ class KernelDatapath(Datapath):
                 continue
             net = state.network(target.network_id)
             published.append(rules.PublishedPort(pm, target.ip, net.bridge))
-        self._restore(rules.render(state.networks, published))
+        text = rules.render(state.networks, published, nat=self.does_nat)
+        if text != self._last_rules:
+            self._restore(text)
+            self._last_rules = text
 
     def _restore(self, text: str):
         r = _run(["iptables-restore", "-w", "--noflush"], stdin=text)

@@ -14,9 +14,6 @@ BPF_TABLE_PINNED("hash", __u32, struct endpoint_info, endpoints_by_ifindex, MAX_
 /* endpoint IPv4 -> where to deliver it (same-network fast path, isolation check) */
 BPF_TABLE_PINNED("hash", __be32, struct ip_endpoint, endpoints_by_ip, MAX_ENDPOINTS,
 		 PIN_DIR "/endpoints_by_ip");
-/* published container services whose replies may cross networks */
-BPF_TABLE_PINNED("hash", struct published_key, __u8, published_ports, MAX_PUBLISHED,
-		 PIN_DIR "/published_ports");
 /* container subnets of this host; the uplink drops packets claiming to come from them */
 BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __u8, local_subnets, MAX_LOCAL_SUBNETS,
 		  PIN_DIR "/local_subnets", BPF_F_NO_PREALLOC);

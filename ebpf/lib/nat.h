@@ -37,6 +37,7 @@ struct nat_route {
 	__u32 kind;
 	__u32 ifindex;      /* where to redirect */
 	__u32 oif;          /* the out-interface POSTROUTING sees (an endpoint's bridge) */
+	__u32 net_id;       /* ROUTE_ENDPOINT: the endpoint's network */
 	__u8  dmac[6];
 	__u8  smac[6];
 	__u8  set_smac;
@@ -52,6 +53,7 @@ static __always_inline void nat_route(struct __sk_buff *skb, __be32 saddr, __be3
 		struct net_info *ni = net_info.lookup(&ep->net_id);
 		r->kind = ROUTE_ENDPOINT;
 		r->ifindex = ep->ifindex;
+		r->net_id = ep->net_id;
 		__builtin_memcpy(r->dmac, ep->mac, 6);
 		if (ni) {
 			r->oif = ni->bridge_ifindex;
@@ -192,6 +194,7 @@ struct nat_scratch {
 	__u32 next;               /* the stage after the evaluation */
 	__u32 iif;                /* logical in-interface */
 	__u32 origin;             /* NAT_ORIGIN_*: what to do when nothing translates */
+	__u32 net_id;             /* NAT_ORIGIN_ENDPOINT: the sender's network */
 	__be32 ts, td;       /* the translated tuple so far */
 	__be16 tsp, tdp;
 	__u8 kind;
@@ -213,7 +216,7 @@ static __always_inline struct nat_scratch *scratch(void)
  * new flow (allow_new: routed packets with an L4 header) continues in the NAT_TAIL_PRE stage and
  * does not return; otherwise NAT_DECLINE. iif: the logical in-interface (-i). */
 static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int allow_new, __u32 origin,
-				       __u32 *code)
+				       __u32 net_id, __u32 *code)
 {
 	struct nat_pkt p = {};
 	struct nat_route r = {};
@@ -264,6 +267,7 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 	s->p = p;
 	s->iif = iif;
 	s->origin = origin;
+	s->net_id = net_id;
 	__builtin_memset(&s->m, 0, sizeof(s->m));
 	if (p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP) {
 		s->m.sport = bpf_ntohs(p.key.sport);

@@ -31,15 +31,6 @@ struct net_info {
 	__u16  pad;
 };
 
-/* Key of published_ports: a published container service (replies from it may cross networks,
- * because the host DNATed the connection to it). */
-struct published_key {
-	__be32 ip;        /* container address (network order) */
-	__be16 port;      /* container port (network order) */
-	__u8   proto;     /* IPPROTO_TCP or IPPROTO_UDP */
-	__u8   pad;       /* always 0: part of the hashed key */
-};
-
 /* Key of local_subnets (LPM trie): prefixlen then the address (network order). */
 struct subnet_key {
 	__u32  prefixlen;

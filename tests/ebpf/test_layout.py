@@ -25,20 +25,35 @@ U8, U32 = ctypes.c_uint8, ctypes.c_uint32
 CHECK_TABLES = {
     "check_endpoint_info": (U32, S.EndpointInfo),
     "check_ip_endpoint": (U32, S.IpEndpoint),
-    "check_published_key": (S.PublishedKey, U8),
     "check_subnet_key": (S.SubnetKey, U8),
     "check_counter": (U32, S.Counter),
     "check_endpoint_stats": (U32, S.EndpointStats),
+    "check_net_info": (U32, S.NetInfo),
+    "check_ct": (S.CtKey, S.CtEntry),
+    "check_nat_config": (U32, S.NatConfig),
+    "check_nat_rule": (U32, S.NatRule),
+    "check_nat_exact": (S.NatExactKey, S.NatExactVal),
+    "check_frag": (S.FragKey, S.FragPorts),
+    "check_sock_xlate": (ctypes.c_uint64, S.SockXlate),
 }
 
 #: maps.h map -> (key mirror, value mirror) as control/datapath/ebpf.py opens them
 PINNED_MAPS = {
     "endpoints_by_ifindex": (U32, S.EndpointInfo),
     "endpoints_by_ip": (U32, S.IpEndpoint),
-    "published_ports": (S.PublishedKey, U8),
     "local_subnets": (S.SubnetKey, U8),
     "verdicts": (U32, S.Counter),
     "endpoint_stats": (U32, S.EndpointStats),
+    "net_info": (U32, S.NetInfo),
+    "ct": (S.CtKey, S.CtEntry),
+    "nat_config": (U32, S.NatConfig),
+    "nat_rules": (U32, S.NatRule),
+    "nat_exact": (S.NatExactKey, S.NatExactVal),
+    "nat_ifaddr": (U32, U32),
+    "local_addrs": (S.SubnetKey, U8),
+    "frag_ports": (S.FragKey, S.FragPorts),
+    "sock_xlate": (ctypes.c_uint64, S.SockXlate),
+    "nat_counters": (U32, ctypes.c_uint64),
 }
 
 

@@ -1,0 +1,65 @@
+"""Attaching the socket-layer NAT programs (ebpf/cgroup_sock.c) to the cgroup v2 root, and the
+host facts they need.
+
+Contract: programs are attached with BPF_F_ALLOW_MULTI, so several dockline hosts (each in its
+own netns, each acting only on its own netns' sockets: nat_config.netns_cookie) and other users
+coexist. Legacy cgroup attachments outlive the agent process, so a restart keeps translating;
+``attach`` is idempotent (EEXIST is success) and ``detach`` is called with the program fds that
+were attached (from their pins).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+
+from ..errors import DatapathError
+
+BPF_F_ALLOW_MULTI = 2
+SO_NETNS_COOKIE = 71
+
+
+def cgroup2_root() -> str:
+    """Where cgroup v2 is mounted (/sys/fs/cgroup on unified hosts, .../unified on hybrid ones)."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return parts[1]
+    raise DatapathError("cgroup v2 is not mounted: socket-layer NAT for host processes needs it")
+
+
+def _lib():
+    from bcc import libbcc
+    lib = libbcc.lib
+    lib.bpf_prog_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint]
+    lib.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def attach(prog_fd: int, attach_type: int, cgroup: str | None = None) -> None:
+    fd = os.open(cgroup or cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rc = _lib().bpf_prog_attach(prog_fd, fd, attach_type, BPF_F_ALLOW_MULTI)
+        err = ctypes.get_errno()
+        if rc != 0 and abs(rc) != errno.EEXIST and err != errno.EEXIST:
+            raise DatapathError(f"attaching a socket program (type {attach_type}) to the cgroup root failed: "
+                                f"{os.strerror(abs(rc) if rc < -1 else err or errno.EIO)}")
+    finally:
+        os.close(fd)
+
+
+def detach(prog_fd: int, attach_type: int, cgroup: str | None = None) -> bool:
+    fd = os.open(cgroup or cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return _lib().bpf_prog_detach2(prog_fd, fd, attach_type) == 0
+    finally:
+        os.close(fd)
+
+
+def netns_cookie() -> int:
+    """The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14+)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")

@@ -1,0 +1,163 @@
+"""Writing a compiled nat ``Program`` (control/nat/compiler.py) into the pinned maps, atomically
+for the packets that read it.
+
+Contract:
+  * nat_rules holds two generations of MAX_NAT_RULES instructions; nat_config.generation says
+    which is live. A change of the instructions is written into the other half with fresh table
+    ids and their exact entries, then nat_config flips in one map update, then the old half's
+    exact entries go. A packet sees the old rules or the new ones, never a mix.
+  * A change that only adds, changes or removes exact entries of an unchanged instruction
+    sequence (publishing or unpublishing a port) is written in place: one map update per entry,
+    which is what makes one more published port cost microseconds, not a rule-set rewrite.
+  * After an agent restart the live generation is read back from the maps, so the first apply
+    is incremental too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+from ..nat import compiler as C
+from . import bpf_structs as S
+
+log = logging.getLogger("dockline.nat")
+
+TABLE_BASE = {0: 1, 1: 1 << 20}     # exact-table ids of each generation never overlap
+
+
+def _addr(a) -> int:
+    return S.be32(str(a)) if a is not None else 0
+
+
+def _mask(net) -> tuple[int, int]:
+    if net is None:
+        return 0, 0
+    return S.be32(str(net.network_address)), S.be32(str(net.netmask))
+
+
+def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
+    src, src_mask = _mask(i.src)
+    dst, dst_mask = _mask(i.dst)
+    return S.NatRule(src=src, src_mask=src_mask, dst=dst, dst_mask=dst_mask,
+                     sport_min=i.sport.lo if i.sport else 0, sport_max=i.sport.hi if i.sport else 65535,
+                     dport_min=i.dport.lo if i.dport else 0, dport_max=i.dport.hi if i.dport else 65535,
+                     iif=i.iif, oif=i.oif, proto=i.proto, op=i.op, neg=i.neg,
+                     on_match=base + i.on_match, on_miss=base + i.on_miss, to_addr=_addr(i.to_addr),
+                     to_port_min=i.to_ports.lo if i.to_ports else 0,
+                     to_port_max=i.to_ports.hi if i.to_ports else 0, table=i.table)
+
+
+def exact_key(k: C.ExactKey) -> S.NatExactKey:
+    return S.NatExactKey(table=k.table, daddr=_addr(k.daddr), dport=S.be16(k.dport), proto=k.proto, pad=0)
+
+
+def exact_value(v: C.ExactValue) -> S.NatExactVal:
+    return S.NatExactVal(to_addr=_addr(v.to_addr), to_port=S.be16(v.to_port), iif_neg=int(v.iif_neg), pad=0,
+                         iif=v.iif)
+
+
+def _raw(ct) -> bytes:
+    return bytes(ct)
+
+
+class NatMaps:
+    """The rule maps of one host: nat_config, nat_rules, nat_exact (loader.PinnedMap each)."""
+
+    def __init__(self, config, rules, exact):
+        self.config, self.rules, self.exact = config, rules, exact
+        self._live_rules: list[bytes] | None = None     # instructions of the live generation
+        self._live_exact: dict[bytes, bytes] | None = None
+
+    def live_config(self) -> S.NatConfig:
+        return self.config.lookup(0) or S.NatConfig()
+
+    def _read_live(self, cfg: S.NatConfig):
+        """The live generation's instructions and exact entries, read back from the maps."""
+        if self._live_rules is not None:
+            return
+        base = cfg.generation * C.MAX_NAT_RULES
+        rules = []
+        for pc in range(base, base + C.MAX_NAT_RULES):
+            r = self.rules.lookup(pc)
+            if r is None or r.op == 0 and r.on_miss == 0:
+                break
+            rules.append(_raw(r))
+        lo, hi = TABLE_BASE[cfg.generation], TABLE_BASE[cfg.generation] + (1 << 20)
+        self._live_rules = rules
+        self._live_exact = {_raw(k): _raw(v) for k, v in self.exact.items() if lo <= k.table < hi}
+
+    def apply(self, compile_with_base, netns_cookie: int, port_min: int, port_max: int) -> dict:
+        """Make the maps hold ``compile_with_base(table_base)``; returns what was written.
+
+        ``compile_with_base`` compiles the current rule set with the given first table id
+        (called once or twice: it must be deterministic)."""
+        cfg = self.live_config()
+        self._read_live(cfg)
+        live = cfg.generation
+        prog = compile_with_base(TABLE_BASE[live])
+        base = live * C.MAX_NAT_RULES
+        rules = [_raw(to_ctypes(i, base)) for i in prog.instructions]
+        exact = {_raw(exact_key(k)): _raw(exact_value(v)) for k, v in prog.exact.items()}
+        entries = [base + prog.entries[h] for h in C.HOOKS]
+        settings_same = (cfg.netns_cookie, cfg.port_min, cfg.port_max, list(cfg.entry)) == \
+            (netns_cookie, port_min, port_max, entries)
+        if rules == self._live_rules and settings_same:
+            return self._apply_exact_in_place(exact)
+        if rules == self._live_rules:
+            cfg.netns_cookie, cfg.port_min, cfg.port_max = netns_cookie, port_min, port_max
+            self.config.update(0, cfg)
+            return self._apply_exact_in_place(exact)
+        # a new instruction sequence: the other generation, then one flip
+        new = 1 - live if self._live_rules else live
+        if new != live:
+            prog = compile_with_base(TABLE_BASE[new])
+        nbase = new * C.MAX_NAT_RULES
+        new_rules = [to_ctypes(i, nbase) for i in prog.instructions]
+        new_exact = {_raw(exact_key(k)): exact_value(v) for k, v in prog.exact.items()}
+        for pc, r in enumerate(new_rules):
+            self.rules.update(nbase + pc, r)
+        if len(new_rules) < C.MAX_NAT_RULES:      # an all-zero slot marks the end (_read_live)
+            self.rules.update(nbase + len(new_rules), S.NatRule())
+        for k, v in new_exact.items():
+            self.exact.update(S.NatExactKey.from_buffer_copy(k), v)
+        flip = S.NatConfig(netns_cookie=netns_cookie, port_min=port_min, port_max=port_max, generation=new)
+        for n, h in enumerate(C.HOOKS):
+            flip.entry[n] = nbase + prog.entries[h]
+        self.config.update(0, flip)
+        removed = 0
+        if new != live:
+            for k in list(self._live_exact or {}):
+                self.exact.delete(S.NatExactKey.from_buffer_copy(k))
+                removed += 1
+        else:
+            for k in set(self._live_exact or {}) - set(new_exact):
+                self.exact.delete(S.NatExactKey.from_buffer_copy(k))
+                removed += 1
+        self._live_rules = [_raw(r) for r in new_rules]
+        self._live_exact = {k: _raw(v) for k, v in new_exact.items()}
+        log.info("nat rules: generation %d live (%d instructions, %d exact entries)", new, len(new_rules),
+                 len(new_exact))
+        return {"generation": new, "instructions": len(new_rules), "exact_written": len(new_exact),
+                "exact_removed": removed, "flipped": True}
+
+    def _apply_exact_in_place(self, exact: dict[bytes, bytes]) -> dict:
+        have = self._live_exact
+        written = removed = 0
+        for k, v in exact.items():
+            if have.get(k) != v:
+                self.exact.update(S.NatExactKey.from_buffer_copy(k), S.NatExactVal.from_buffer_copy(v))
+                written += 1
+        for k in set(have) - set(exact):
+            self.exact.delete(S.NatExactKey.from_buffer_copy(k))
+            removed += 1
+        self._live_exact = dict(exact)
+        return {"generation": self.live_config().generation, "instructions": len(self._live_rules),
+                "exact_written": written, "exact_removed": removed, "flipped": False}
+
+    def clear(self) -> None:
+        """Empty every rule (the datapath then translates nothing new)."""
+        self.config.update(0, S.NatConfig(entry=(ctypes.c_uint32 * 4)(*([0xFFFFFFFF] * 4))))
+        for k in self.exact.keys():
+            self.exact.delete(k)
+        self._live_rules, self._live_exact = [], {}

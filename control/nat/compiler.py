@@ -1,0 +1,377 @@
+"""Compile a nat ``Ruleset`` into the instruction array the BPF programs evaluate
+(ebpf/lib/nat_rules.h, struct nat_rule in ebpf/lib/structs.h).
+
+Contract of the output (``Program``):
+  * ``instructions[pc]`` is evaluated at pc: if its conditions hold, ``op`` decides (a terminal
+    translation or ACCEPT, a GOTO to ``on_match``, or a LOOKUP in exact-match table ``table``);
+    otherwise evaluation goes on at ``on_miss``. pcs are relative to the program (the map writer
+    adds the generation's base).
+  * Every goto is forward. User chains are inlined where they are jumped to (RETURN becomes a goto
+    to the end of the inlined block), so there is no call stack and a path visits each
+    instruction at most once. ``max_steps`` per hook is the longest path; it must stay within
+    MAX_NAT_STEPS, and LOOKUPs per path within NAT_MAX_LOOKUPS (NAT_SOCK_LOOKUPS for OUTPUT):
+    the compiler refuses rule sets that need more, by name.
+  * Runs of consecutive "simple" DNAT rules (``-p tcp|udp --dport P [-d A/32] [[!] -i IF] -j DNAT
+    --to-destination B[:Q]``, Docker's shape) become one LOOKUP instruction and entries of
+    ``exact``: constant cost per packet however many such rules there are. Within a run no key
+    repeats and no specific destination follows an "any" one for the same port, so the BPF
+    order (specific, then any) is iptables' first-match order.
+
+Addresses are IPv4Address/IPv4Network here; ``to_ctypes`` in control/datapath/nat_maps.py turns
+them into network-order map values. Interface names resolve through ``ifindex(name)``; a name
+that does not exist compiles to an ifindex no packet has (the rule cannot match yet, as in
+iptables).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from ..errors import InvalidArgument
+from .rules import PROTO_NUMBERS, PortRange, Rule, Ruleset
+
+# keep in step with ebpf/lib/consts.h and structs.h (tests/unit/test_nat_compiler.py reads both)
+MAX_NAT_RULES = 1024
+MAX_NAT_STEPS = 256
+NAT_MAX_LOOKUPS = 8
+NAT_SOCK_LOOKUPS = 2
+MAX_PORTS_PER_SIMPLE_RULE = 4096     # a --dport range expands to one exact entry per port
+
+OP_GOTO, OP_ACCEPT, OP_DNAT, OP_SNAT, OP_MASQUERADE, OP_REDIRECT, OP_LOOKUP = range(7)
+NEG_SRC, NEG_DST, NEG_SPORT, NEG_DPORT = 0x01, 0x02, 0x04, 0x08
+NEG_IIF, NEG_OIF, NEG_PROTO = 0x10, 0x20, 0x40
+SRC_LOCAL, NEG_SRC_LOCAL, DST_LOCAL, NEG_DST_LOCAL = 0x100, 0x200, 0x400, 0x800
+PORTS_REQUIRED = 0x1000
+OPS = {"ACCEPT": OP_ACCEPT, "DNAT": OP_DNAT, "SNAT": OP_SNAT, "MASQUERADE": OP_MASQUERADE,
+       "REDIRECT": OP_REDIRECT}
+HOOKS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+EVALUATED_HOOKS = ("PREROUTING", "OUTPUT", "POSTROUTING")
+NO_IFINDEX = 0xFFFFFFFF
+ANY = ipaddress.IPv4Address(0)
+
+
+@dataclass
+class Instruction:
+    """struct nat_rule, with relative pcs and Python values."""
+
+    src: ipaddress.IPv4Network | None = None
+    dst: ipaddress.IPv4Network | None = None
+    sport: PortRange | None = None
+    dport: PortRange | None = None
+    iif: int = 0
+    oif: int = 0
+    proto: int = 0
+    op: int = OP_GOTO
+    neg: int = 0
+    on_match: int = 0
+    on_miss: int = 0
+    to_addr: ipaddress.IPv4Address | None = None
+    to_ports: PortRange | None = None
+    table: int = 0
+    origin: str = ""          # "CHAIN#n" of the rule it came from (listing, errors)
+
+
+@dataclass(frozen=True)
+class ExactKey:
+    table: int
+    daddr: ipaddress.IPv4Address      # ANY = any destination
+    dport: int
+    proto: int
+
+
+@dataclass(frozen=True)
+class ExactValue:
+    to_addr: ipaddress.IPv4Address
+    to_port: int                      # 0 = keep
+    iif: int = 0
+    iif_neg: bool = False
+
+
+@dataclass
+class Program:
+    instructions: list[Instruction] = field(default_factory=list)
+    entries: dict[str, int] = field(default_factory=dict)
+    exact: dict[ExactKey, ExactValue] = field(default_factory=dict)
+    max_steps: dict[str, int] = field(default_factory=dict)
+    max_lookups: dict[str, int] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- port sets
+def _ranges_complement(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, lo = [], 0
+    for a, b in sorted(ranges):
+        if a > lo:
+            out.append((lo, a - 1))
+        lo = max(lo, b + 1)
+    if lo <= 65535:
+        out.append((lo, 65535))
+    return out
+
+
+def _ranges_merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [tuple(r) for r in out]
+
+
+def _ranges_intersect(x: list[tuple[int, int]], y: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for a, b in x:
+        for c, d in y:
+            lo, hi = max(a, c), min(b, d)
+            if lo <= hi:
+                out.append((lo, hi))
+    return _ranges_merge(out)
+
+
+FULL = [(0, 65535)]
+
+
+def port_set(single: PortRange | None, single_neg: bool, multi: tuple[PortRange, ...],
+             multi_neg: bool) -> list[tuple[int, int]] | None:
+    """The ports a rule's --sport/--dport and multiport conditions allow, as disjoint ranges
+    (None: no condition at all)."""
+    if single is None and not multi:
+        return None
+    allowed = FULL
+    if single is not None:
+        r = [(single.lo, single.hi)]
+        allowed = _ranges_intersect(allowed, _ranges_complement(r) if single_neg else r)
+    if multi:
+        r = _ranges_merge([(p.lo, p.hi) for p in multi])
+        allowed = _ranges_intersect(allowed, _ranges_complement(r) if multi_neg else r)
+    return allowed
+
+
+# ----------------------------------------------------------------------------- compiler
+class Compiler:
+    def __init__(self, ruleset: Ruleset, ifindex: Callable[[str], int | None], table_base: int = 1,
+                 managed: dict[str, list] | None = None):
+        ruleset.validate()
+        self.rs = ruleset
+        # chains whose simple DNAT rules come ready as (daddr, port, proto, ExactValue) entries
+        self.managed = managed or {}
+        self.ifindex = ifindex
+        self.prog = Program()
+        self.next_table = table_base
+        self.hook = ""
+
+    # -- emission helpers
+    def _emit(self, ins: Instruction) -> int:
+        self.prog.instructions.append(ins)
+        pc = len(self.prog.instructions) - 1
+        ins.on_miss = pc + 1          # default; fixed up where needed
+        if len(self.prog.instructions) > MAX_NAT_RULES:
+            raise InvalidArgument(f"the nat rules compile to more than {MAX_NAT_RULES} instructions "
+                                  "(simple DNAT rules do not count; others and inlined user chains do)")
+        return pc
+
+    def _iface(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        idx = self.ifindex(name)
+        return idx if idx else NO_IFINDEX
+
+    def _conditions(self, r: Rule) -> Instruction:
+        """An instruction carrying the rule's conditions except its ports."""
+        ins = Instruction(origin="")
+        neg = 0
+        if r.src is not None:
+            ins.src = r.src
+            neg |= NEG_SRC if r.src_neg else 0
+        if r.dst is not None:
+            ins.dst = r.dst
+            neg |= NEG_DST if r.dst_neg else 0
+        if r.proto is not None:
+            ins.proto = PROTO_NUMBERS[r.proto]
+            neg |= NEG_PROTO if r.proto_neg else 0
+        if r.in_iface is not None:
+            ins.iif = self._iface(r.in_iface)
+            neg |= NEG_IIF if r.in_neg else 0
+        if r.out_iface is not None:
+            ins.oif = self._iface(r.out_iface)
+            neg |= NEG_OIF if r.out_neg else 0
+        if r.src_type:
+            neg |= SRC_LOCAL | (NEG_SRC_LOCAL if r.src_type_neg else 0)
+        if r.dst_type:
+            neg |= DST_LOCAL | (NEG_DST_LOCAL if r.dst_type_neg else 0)
+        ins.neg = neg
+        return ins
+
+    @staticmethod
+    def _action(ins: Instruction, r: Rule) -> Instruction:
+        ins.op = OPS[r.target]
+        ins.to_addr = r.to_addr
+        ins.to_ports = r.to_ports
+        return ins
+
+    # -- simple DNAT rules (exact-match runs)
+    @staticmethod
+    def _simple(r: Rule) -> bool:
+        return (r.target == "DNAT" and r.to_addr is not None and r.proto in ("tcp", "udp") and not r.proto_neg
+                and r.dport is not None and not r.dport_neg and r.dport.hi - r.dport.lo < MAX_PORTS_PER_SIMPLE_RULE
+                and (r.to_ports is None or r.to_ports.lo == r.to_ports.hi)
+                and (r.dst is None or (r.dst.prefixlen == 32 and not r.dst_neg))
+                and r.src is None and r.out_iface is None and r.sport is None
+                and not r.msports and not r.mdports and r.src_type is None and r.dst_type is None)
+
+    def _run_entries(self, r: Rule) -> list[tuple[ipaddress.IPv4Address, int, int, ExactValue]]:
+        daddr = r.dst.network_address if r.dst is not None else ANY
+        val = ExactValue(r.to_addr, r.to_ports.lo if r.to_ports else 0,
+                         self._iface(r.in_iface) if r.in_iface else 0, bool(r.in_iface and r.in_neg))
+        proto = PROTO_NUMBERS[r.proto]
+        return [(daddr, port, proto, val) for port in range(r.dport.lo, r.dport.hi + 1)]
+
+    # -- chains
+    def emit_chain(self, chain: str, builtin: bool) -> list[int]:
+        """Emit ``chain``; return the pcs whose on_match must point at the chain's end (RETURNs)."""
+        returns: list[int] = []
+        run: dict[tuple, ExactValue] | None = None
+        run_table = 0
+        for entry in self.managed.get(chain, ()):
+            if run is not None and not self._fits(run, [entry]):
+                run = None
+            if run is None:
+                run, run_table = {}, self.next_table
+                self.next_table += 1
+                self._emit(Instruction(op=OP_LOOKUP, table=run_table, origin=f"{chain} (published ports)"))
+            daddr, port, proto, val = entry
+            run[(daddr, port, proto)] = val
+            self.prog.exact[ExactKey(run_table, daddr, port, proto)] = val
+        for n, r in enumerate(self.rs.chains[chain], 1):
+            origin = f"{chain}#{n}"
+            if self._simple(r):
+                entries = self._run_entries(r)
+                if run is not None and not self._fits(run, entries):
+                    run = None
+                if run is None:
+                    run, run_table = {}, self.next_table
+                    self.next_table += 1
+                    self._emit(Instruction(op=OP_LOOKUP, table=run_table, origin=origin))
+                for daddr, port, proto, val in entries:
+                    key = (daddr, port, proto)
+                    run[key] = val
+                    self.prog.exact[ExactKey(run_table, daddr, port, proto)] = val
+                continue
+            run = None
+            self.emit_rule(r, origin, builtin, returns)
+        return returns
+
+    @staticmethod
+    def _fits(run: dict, entries) -> bool:
+        for daddr, port, proto, _ in entries:
+            if (daddr, port, proto) in run:
+                return False
+            if daddr != ANY and (ANY, port, proto) in run:
+                return False
+        return True
+
+    def emit_rule(self, r: Rule, origin: str, builtin: bool, returns: list[int]) -> None:
+        sports = port_set(r.sport, r.sport_neg, r.msports, r.msports_neg)
+        dports = port_set(r.dport, r.dport_neg, r.mdports, r.mdports_neg)
+        if sports == [] or dports == []:
+            return                                      # can never match
+        variants = [(s, d) for s in (sports or [None]) for d in (dports or [None])]
+        if len(variants) > 64:
+            raise InvalidArgument(f"rule {origin} expands to {len(variants)} port combinations "
+                                  "(at most 64: split it)")
+        base = self._conditions(r)
+        base.origin = origin
+        if sports is not None or dports is not None:
+            base.neg |= PORTS_REQUIRED
+        target = r.target
+        if target is None:
+            return                                      # matches, does nothing
+        if len(variants) == 1:
+            s, d = variants[0]
+            ins = replace(base, sport=PortRange(*s) if s else None, dport=PortRange(*d) if d else None)
+            self._emit_action(ins, r, builtin, returns)
+            return
+        # several port ranges: test each, then act once (a jump must inline its chain once)
+        tests = []
+        for s, d in variants:
+            ins = replace(base, sport=PortRange(*s) if s else None, dport=PortRange(*d) if d else None,
+                          op=OP_GOTO)
+            tests.append(self._emit(ins))
+        skip = self._emit(Instruction(op=OP_GOTO, origin=origin))      # none matched: skip the action
+        act = Instruction(origin=origin)
+        self._emit_action(act, r, builtin, returns)
+        end = len(self.prog.instructions)
+        for pc in tests:
+            self.prog.instructions[pc].on_match = skip + 1
+        self.prog.instructions[skip].on_match = end
+
+    def _emit_action(self, ins: Instruction, r: Rule, builtin: bool, returns: list[int]) -> None:
+        target = r.target
+        if target in OPS:
+            self._emit(self._action(ins, r))
+        elif target == "RETURN":
+            if builtin:
+                ins.op = OP_ACCEPT
+                self._emit(ins)
+            else:
+                ins.op = OP_GOTO
+                returns.append(self._emit(ins))
+        else:                                            # a jump: inline the user chain here
+            ins.op = OP_GOTO
+            j = self._emit(ins)
+            ins.on_match = j + 1
+            inner_returns = self.emit_chain(target, builtin=False)
+            end = len(self.prog.instructions)
+            ins.on_miss = end
+            for pc in inner_returns:
+                self.prog.instructions[pc].on_match = end
+
+    def compile(self) -> Program:
+        for hook in HOOKS:
+            self.hook = hook
+            self.prog.entries[hook] = len(self.prog.instructions)
+            if hook in EVALUATED_HOOKS:
+                returns = self.emit_chain(hook, builtin=True)
+                end = self._emit(Instruction(op=OP_ACCEPT, origin=f"{hook} policy"))
+                for pc in returns:
+                    self.prog.instructions[pc].on_match = end
+            else:
+                self._emit(Instruction(op=OP_ACCEPT, origin=f"{hook} (not evaluated)"))
+        self._check_paths()
+        return self.prog
+
+    def _check_paths(self) -> None:
+        ins = self.prog.instructions
+        n = len(ins)
+        steps = [0] * (n + 1)
+        lookups = [0] * (n + 1)
+        for pc in range(n - 1, -1, -1):               # gotos are forward: one backward pass
+            i = ins[pc]
+            nexts = [i.on_miss]
+            if i.op == OP_GOTO:
+                nexts.append(i.on_match)
+            if i.op == OP_LOOKUP:
+                nexts = [i.on_miss]
+            for t in nexts:
+                assert pc < t <= n, f"goto from {pc} to {t} is not forward"
+            steps[pc] = 1 + max(steps[t] if t < n else 0 for t in nexts)
+            lookups[pc] = (i.op == OP_LOOKUP) + max(lookups[t] if t < n else 0 for t in nexts)
+        for hook in EVALUATED_HOOKS:
+            e = self.prog.entries[hook]
+            self.prog.max_steps[hook] = steps[e]
+            self.prog.max_lookups[hook] = lookups[e]
+            if steps[e] > MAX_NAT_STEPS:
+                raise InvalidArgument(f"the nat {hook} rules need {steps[e]} rule visits on one path "
+                                      f"(at most {MAX_NAT_STEPS}; simple DNAT rules count once per run)")
+            limit = NAT_SOCK_LOOKUPS if hook == "OUTPUT" else NAT_MAX_LOOKUPS
+            if lookups[e] > limit:
+                raise InvalidArgument(f"the nat {hook} rules need {lookups[e]} separate runs of simple DNAT "
+                                      f"rules on one path (at most {limit}): keep such rules together")
+
+
+def compile_ruleset(ruleset: Ruleset, ifindex: Callable[[str], int | None], table_base: int = 1,
+                    managed: dict[str, list] | None = None) -> Program:
+    """``managed``: chain -> ready exact entries placed before that chain's rules."""
+    return Compiler(ruleset, ifindex, table_base, managed).compile()
