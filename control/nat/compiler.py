@@ -354,10 +354,14 @@ class Compiler:
                 nexts.append(i.on_match)
             if i.op == OP_LOOKUP:
                 nexts = [i.on_miss]
+            unconditional = (i.src is None and i.dst is None and i.sport is None and i.dport is None and
+                             not i.iif and not i.oif and not i.proto and not i.neg)
+            if unconditional and i.op not in (OP_GOTO, OP_LOOKUP):
+                nexts = []                             # always decides: its on_miss is never taken
             for t in nexts:
                 assert pc < t <= n, f"goto from {pc} to {t} is not forward"
-            steps[pc] = 1 + max(steps[t] if t < n else 0 for t in nexts)
-            lookups[pc] = (i.op == OP_LOOKUP) + max(lookups[t] if t < n else 0 for t in nexts)
+            steps[pc] = 1 + max((steps[t] if t < n else 0 for t in nexts), default=0)
+            lookups[pc] = (i.op == OP_LOOKUP) + max((lookups[t] if t < n else 0 for t in nexts), default=0)
         for hook in EVALUATED_HOOKS:
             e = self.prog.entries[hook]
             self.prog.max_steps[hook] = steps[e]
