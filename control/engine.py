@@ -593,6 +593,11 @@ class Engine:
                 rs.chains["DOCKLINE"] = self._published_rules(state)
                 _, out = apply(rs, argv)
                 return {"output": out}
+            from .datapath.ebpf import MANAGED_CHAINS
+            for a in argv:
+                if a in MANAGED_CHAINS:
+                    raise InvalidArgument(f"chain {a} is managed by dockline (published ports, masquerade): "
+                                          "use your own chains")
             new, out = apply(user, argv)
             if new.save() != user.save():
                 self._nat_set(new)
