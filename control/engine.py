@@ -372,15 +372,19 @@ class Engine:
         if specs and net.internal:
             raise InvalidArgument(f"cannot publish ports on internal network {net.name}")
         existing = tx.ports()
+        by_port: dict[tuple[str, int], list[PortMapping]] = {}      # collisions need the same proto+port
+        for o in existing:
+            by_port.setdefault((o.proto, o.host_port), []).append(o)
         for proto, host_ip, host_port, ctr_port in specs:
             if host_port is None:
                 host_port = self._free_host_port(existing, proto, host_ip)
             pm = PortMapping(ep.id, proto, host_ip, host_port, ctr_port)
-            clash = next((o for o in existing if o.collides_with(pm)), None)
-            if clash:
+            same = by_port.setdefault((proto, host_port), [])
+            if any(o.collides_with(pm) for o in same):
                 raise Conflict(f"bind for {host_ip}:{host_port}/{proto} failed: port is already allocated")
             tx.put_port(pm)
             existing.append(pm)
+            same.append(pm)
 
     @staticmethod
     def _free_host_port(existing, proto, host_ip) -> int:

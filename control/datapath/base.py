@@ -28,9 +28,13 @@ class DesiredState:
         return sorted((a for a in self.attachments if a.endpoint_id == ep_id), key=lambda a: a.index)
 
     def port_target(self, pm: PortMapping) -> Attachment | None:
-        """The attachment a published port lands on: the endpoint's first non-internal one."""
-        return next((a for a in self.attachments_of(pm.endpoint_id) if not self.network(a.network_id).internal),
-                    None)
+        """The attachment a published port lands on: the endpoint's first non-internal one
+        (memoised per endpoint: thousands of ports share a few endpoints)."""
+        cache = self.__dict__.setdefault("_targets", {})
+        if pm.endpoint_id not in cache:
+            cache[pm.endpoint_id] = next((a for a in self.attachments_of(pm.endpoint_id)
+                                          if not self.network(a.network_id).internal), None)
+        return cache[pm.endpoint_id]
 
 
 class Datapath(abc.ABC):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import struct
 
 from ..nat import compiler as C
 from . import bpf_structs as S
@@ -48,13 +49,24 @@ def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
                      to_port_max=i.to_ports.hi if i.to_ports else 0, table=i.table)
 
 
+_KEY = struct.Struct("=I4s2sBx")       # struct nat_exact_key, bytes as in the map
+_VAL = struct.Struct("=4s2sBxI")       # struct nat_exact_val
+
+
+def exact_key_raw(k: C.ExactKey) -> bytes:
+    return _KEY.pack(k.table, k.daddr.packed, k.dport.to_bytes(2, "big"), k.proto)
+
+
+def exact_value_raw(v: C.ExactValue) -> bytes:
+    return _VAL.pack(v.to_addr.packed, v.to_port.to_bytes(2, "big"), int(v.iif_neg), v.iif)
+
+
 def exact_key(k: C.ExactKey) -> S.NatExactKey:
-    return S.NatExactKey(table=k.table, daddr=_addr(k.daddr), dport=S.be16(k.dport), proto=k.proto, pad=0)
+    return S.NatExactKey.from_buffer_copy(exact_key_raw(k))
 
 
 def exact_value(v: C.ExactValue) -> S.NatExactVal:
-    return S.NatExactVal(to_addr=_addr(v.to_addr), to_port=S.be16(v.to_port), iif_neg=int(v.iif_neg), pad=0,
-                         iif=v.iif)
+    return S.NatExactVal.from_buffer_copy(exact_value_raw(v))
 
 
 def _raw(ct) -> bytes:
@@ -98,7 +110,7 @@ class NatMaps:
         prog = compile_with_base(TABLE_BASE[live])
         base = live * C.MAX_NAT_RULES
         rules = [_raw(to_ctypes(i, base)) for i in prog.instructions]
-        exact = {_raw(exact_key(k)): _raw(exact_value(v)) for k, v in prog.exact.items()}
+        exact = {exact_key_raw(k): exact_value_raw(v) for k, v in prog.exact.items()}
         entries = [base + prog.entries[h] for h in C.HOOKS]
         settings_same = (cfg.netns_cookie, cfg.port_min, cfg.port_max, list(cfg.entry)) == \
             (netns_cookie, port_min, port_max, entries)
@@ -114,7 +126,7 @@ class NatMaps:
             prog = compile_with_base(TABLE_BASE[new])
         nbase = new * C.MAX_NAT_RULES
         new_rules = [to_ctypes(i, nbase) for i in prog.instructions]
-        new_exact = {_raw(exact_key(k)): exact_value(v) for k, v in prog.exact.items()}
+        new_exact = {exact_key_raw(k): exact_value(v) for k, v in prog.exact.items()}
         for pc, r in enumerate(new_rules):
             self.rules.update(nbase + pc, r)
         if len(new_rules) < C.MAX_NAT_RULES:      # an all-zero slot marks the end (_read_live)
@@ -140,6 +152,27 @@ class NatMaps:
                  len(new_exact))
         return {"generation": new, "instructions": len(new_rules), "exact_written": len(new_exact),
                 "exact_removed": removed, "flipped": True}
+
+    def apply_managed_delta(self, tables: list[int], old: dict, new: dict) -> dict:
+        """Publishing or unpublishing ports when nothing else changed: the managed chain's entries
+        (``(daddr, port, proto) -> ExactValue``) change in place in each of its exact tables,
+        one map write per changed entry; no compile, no generation flip."""
+        written = removed = 0
+        for table in tables:
+            for key, val in new.items():
+                if old.get(key) != val:
+                    k = exact_key_raw(C.ExactKey(table, *key))
+                    v = exact_value_raw(val)
+                    self.exact.update(S.NatExactKey.from_buffer_copy(k), S.NatExactVal.from_buffer_copy(v))
+                    self._live_exact[k] = v
+                    written += 1
+            for key in old.keys() - new.keys():
+                k = exact_key_raw(C.ExactKey(table, *key))
+                self.exact.delete(S.NatExactKey.from_buffer_copy(k))
+                self._live_exact.pop(k, None)
+                removed += 1
+        return {"generation": self.live_config().generation, "instructions": len(self._live_rules or []),
+                "exact_written": written, "exact_removed": removed, "flipped": False, "incremental": True}
 
     def _apply_exact_in_place(self, exact: dict[bytes, bytes]) -> dict:
         have = self._live_exact

@@ -96,6 +96,7 @@ class Program:
     exact: dict[ExactKey, ExactValue] = field(default_factory=dict)
     max_steps: dict[str, int] = field(default_factory=dict)
     max_lookups: dict[str, int] = field(default_factory=dict)
+    managed_tables: dict[str, list[int]] = field(default_factory=dict)   # chain -> its exact tables
 
 
 # ----------------------------------------------------------------------------- port sets
@@ -241,6 +242,7 @@ class Compiler:
                 run, run_table = {}, self.next_table
                 self.next_table += 1
                 self._emit(Instruction(op=OP_LOOKUP, table=run_table, origin=f"{chain} (published ports)"))
+                self.prog.managed_tables.setdefault(chain, []).append(run_table)
             daddr, port, proto, val = entry
             run[(daddr, port, proto)] = val
             self.prog.exact[ExactKey(run_table, daddr, port, proto)] = val
