@@ -44,11 +44,11 @@ class PublishedPort:
     bridge: str
 
 
-def render(networks: list[Network], ports: list[PublishedPort], nat: bool = True) -> str:
-    """The complete content of our chains for ``iptables-restore --noflush``. ``nat=False`` (the
+def render(networks: list[Network], ports: list[PublishedPort], with_nat: bool = True) -> str:
+    """The complete content of our chains for ``iptables-restore --noflush``. ``with_nat=False`` (the
     eBPF backend, which translates in its programs) leaves the nat chains empty and the filter
     rules without per-port entries: translated flows never reach the stack there."""
-    if not nat:
+    if not with_nat:
         ports = []
     bridged = [n for n in networks if n.driver == "bridge"]
     nat, post, fence, pre, fwd, flt, iso1, iso2 = [], [], [], [], [], [], [], []
@@ -58,10 +58,11 @@ def render(networks: list[Network], ports: list[PublishedPort], nat: bool = True
             # First of all: nothing enters or leaves an internal network's subnet.
             fence.append(f"! -s {sub} -o {br} -j DROP")
             fence.append(f"! -d {sub} -i {br} -j DROP")
-        elif nat:
-            post.append(f"-s {sub} ! -o {br} -j MASQUERADE")
-            # Connections from the host itself (127.0.0.1 included) get the bridge address.
-            post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")
+        else:
+            if with_nat:
+                post.append(f"-s {sub} ! -o {br} -j MASQUERADE")
+                # Connections from the host itself (127.0.0.1 included) get the bridge address.
+                post.append(f"-o {br} -m addrtype --src-type LOCAL -j MASQUERADE")
             # Before isolation: replies, and connections DNATed to a published port, which other
             # networks may reach through the host address (never by container address).
             pre.append(f"-o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")

@@ -105,7 +105,7 @@ class KernelDatapath(Datapath):
                 continue
             net = state.network(target.network_id)
             published.append(rules.PublishedPort(pm, target.ip, net.bridge))
-        text = rules.render(state.networks, published, nat=self.does_nat)
+        text = rules.render(state.networks, published, with_nat=self.does_nat)
         if text != self._last_rules:
             self._restore(text)
             self._last_rules = text

@@ -256,3 +256,13 @@ def test_forwarding_truth_table(text, case):
 def test_internal_network_cannot_reach_published_ports_through_its_gateway(text):
     # S1 sends to 10.89.1.1:8080 (its gateway, a local address); PREROUTING DNATs it to B1:80.
     assert Filter(text).verdict(SECRET_BR, DEFAULT_BR, S1, B1, "tcp", 80, ("NEW", "DNAT")) == "DROP"
+
+
+def test_without_nat_the_nat_chains_are_empty_and_the_filter_rules_stay(text):
+    """The eBPF backend translates in its programs: its iptables rules have no DNAT or
+    MASQUERADE, and no per-port filter accepts, but the same isolation and forwarding rules."""
+    bare = parse_restore(render(NETWORKS, PORTS, with_nat=False))
+    full = parse_restore(text)
+    assert bare["nat"]["rules"] == []
+    per_port = {r for r in full["filter"]["rules"] if "--dport" in r[1]}
+    assert per_port and set(bare["filter"]["rules"]) == set(full["filter"]["rules"]) - per_port
