@@ -37,3 +37,22 @@ def host(tmp_path, datapath):
         yield h
     finally:
         h.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def detach_leftover_socket_programs():
+    """Agents killed without a reset leave their socket-layer programs on the machine's cgroup
+    root (attachments outlive processes by design); no agent of ours is alive once the session
+    ends, so every dockline socket program left there is detached."""
+    yield
+    if os.geteuid() != 0:
+        return
+    try:
+        from dockline.control.datapath import cgroup_attach, ebpf
+    except ImportError:
+        return
+    names = {fn for fn, _ in ebpf.SOCK_PROGRAMS}
+    try:
+        cgroup_attach.detach_named(names, tuple(t for _, t in ebpf.SOCK_PROGRAMS))
+    except Exception as e:   # clean-up must not turn a green session red
+        print(f"warning: could not detach leftover socket programs: {e}")

@@ -39,9 +39,34 @@ def _lib():
     return lib
 
 
+def prog_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (struct bpf_prog_info: type, id, ...)."""
+    info = (ctypes.c_uint32 * 64)()
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    fn = _lib().bpf_obj_get_info_by_fd
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    if fn(prog_fd, ctypes.byref(info), ctypes.byref(n)) != 0:
+        raise DatapathError("cannot read a BPF program's id")
+    return info[1]
+
+
+def attached_ids(cgroup_fd: int, attach_type: int) -> set[int]:
+    fn = _lib().bpf_prog_query
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint32),
+                   ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    ids = (ctypes.c_uint32 * 256)()
+    cnt = ctypes.c_uint32(256)
+    flags = ctypes.c_uint32(0)
+    if fn(cgroup_fd, attach_type, 0, ctypes.byref(flags), ids, ctypes.byref(cnt)) != 0:
+        return set()
+    return set(ids[:cnt.value])
+
+
 def attach(prog_fd: int, attach_type: int, cgroup: str | None = None) -> None:
     fd = os.open(cgroup or cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     try:
+        if prog_id(prog_fd) in attached_ids(fd, attach_type):
+            return          # a restart with unchanged programs: already translating
         rc = _lib().bpf_prog_attach(prog_fd, fd, attach_type, BPF_F_ALLOW_MULTI)
         err = ctypes.get_errno()
         if rc != 0 and abs(rc) != errno.EEXIST and err != errno.EEXIST:
@@ -63,3 +88,37 @@ def netns_cookie() -> int:
     """The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14+)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+
+
+def _prog_name(prog_fd: int) -> str:
+    info = (ctypes.c_uint8 * 256)()
+    n = ctypes.c_uint32(ctypes.sizeof(info))
+    fn = _lib().bpf_obj_get_info_by_fd
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    if fn(prog_fd, ctypes.byref(info), ctypes.byref(n)) != 0:
+        return ""
+    return bytes(info[64:80]).split(b"\0")[0].decode(errors="replace")   # bpf_prog_info.name
+
+
+def detach_named(names: set[str], attach_types: tuple[int, ...]) -> int:
+    """Detach every program on the cgroup root whose name is in ``names`` (the kernel keeps 15
+    characters of a name; test clean-up: agents
+    killed without a reset leave theirs attached). Returns how many were detached."""
+    lib = _lib()
+    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
+    n = 0
+    try:
+        for t in attach_types:
+            for pid in attached_ids(fd, t):
+                pfd = lib.bpf_prog_get_fd_by_id(pid)
+                if pfd < 0:
+                    continue
+                try:
+                    if _prog_name(pfd) in {x[:15] for x in names} and lib.bpf_prog_detach2(pfd, fd, t) == 0:
+                        n += 1
+                finally:
+                    os.close(pfd)
+    finally:
+        os.close(fd)
+    return n
