@@ -63,6 +63,17 @@ class ConntrackGC:
             log.info("conntrack GC: %d of %d entries expired and removed", deleted, len(items))
         return self.last
 
+    def flush_address(self, addr_be: int) -> int:
+        """Remove every flow translated to or from ``addr`` (network-order u32): an endpoint that
+        goes away takes its flows along, so a later endpoint with the same address never gets a
+        stale translation (the UDP conntrack problem kube-proxy flushes for). Returns entries
+        removed."""
+        n = 0
+        for k, e in self.ct.items():
+            if addr_be in (k.saddr, k.daddr, e.to_saddr, e.to_daddr):
+                n += int(self.ct.delete(k))
+        return n
+
     def pressure(self) -> dict:
         n = len(self.ct.keys())
         return {"entries": n, "capacity": self.capacity, "pressure": round(n / self.capacity, 4) if self.capacity else 0,

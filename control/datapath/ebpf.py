@@ -257,6 +257,9 @@ class EbpfDatapath(KernelDatapath):
         self._tc_filter(idx, att.host_ifname, "tc_from_endpoint", INGRESS)
 
     def remove_attachment(self, net, ep, att):
+        flushed = self.gc.flush_address(S.be32(att.ip)) if self.gc else 0
+        if flushed:
+            log.info("endpoint %s left %s: %d conntrack entries of its flows removed", ep.name, net.name, flushed)
         idx = links.link_index(self.ipr, att.host_ifname)
         if idx is not None:
             self.maps["by_ifindex"].delete(idx)

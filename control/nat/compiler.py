@@ -235,6 +235,13 @@ class Compiler:
         returns: list[int] = []
         run: dict[tuple, ExactValue] | None = None
         run_table = 0
+        if chain in self.managed:
+            # a managed chain always has its lookup, even empty: publishing the first port then
+            # only writes hash entries (the instruction sequence stays the same)
+            run, run_table = {}, self.next_table
+            self.next_table += 1
+            self._emit(Instruction(op=OP_LOOKUP, table=run_table, origin=f"{chain} (published ports)"))
+            self.prog.managed_tables.setdefault(chain, []).append(run_table)
         for entry in self.managed.get(chain, ()):
             if run is not None and not self._fits(run, [entry]):
                 run = None

@@ -197,3 +197,37 @@ def test_kernel_backend_refuses_the_front_end(tmp_path):
         assert r.returncode == 2 and "need the ebpf datapath" in r.stderr
     finally:
         h.cleanup()
+
+
+def test_removing_a_rule_keeps_live_flows_and_refuses_new_ones(nat_host):
+    """Documented behaviour: like netfilter, a translation is decided when a flow starts; deleting
+    the rule leaves established flows translated until they end or expire, new flows are not."""
+    h = nat_host
+    ipt(h, "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "9600", "-j", "DNAT",
+        "--to-destination", f"{h.web_ip}:80")
+    s = open_stream(h.out_ns, HOST_IP, 9600)
+    try:
+        s.sendall(b"one")
+        assert s.recv(100)
+        assert ipt(h, "-t", "nat", "-F", "PREROUTING").returncode == 0
+        s.sendall(b"two")
+        assert s.recv(100)                                     # the live flow still works
+        assert request(h.out_ns, HOST_IP, 9600, timeout=1) is None   # a new one is not translated
+    finally:
+        s.close()
+
+
+def test_removing_an_endpoint_flushes_its_flows(nat_host):
+    h = nat_host
+    h.call("endpoint_create", name="udp", network="n1", ports=["5400:53/udp"])
+    srv = Server(h.ep_ns("udp"), 53, "udp")
+    try:
+        assert request(h.out_ns, HOST_IP, 5400, "udp") is not None
+        ip = h.call("inspect", ref="udp")["networks"]["n1"]["ip"]
+        flows = json.loads(h.cli("--json", "nat", "conntrack").stdout)["flows"]
+        assert [f for f in flows if ip in f["translated"]]
+    finally:
+        srv.close()
+    h.call("endpoint_rm", ref="udp")
+    flows = json.loads(h.cli("--json", "nat", "conntrack").stdout)["flows"]
+    assert not [f for f in flows if ip in f["translated"] or ip in f["orig"]]
