@@ -7,6 +7,9 @@ Metric names (all counters are totals since the programs were loaded):
   dockline_endpoint_bytes_total{endpoint,network,path}
   dockline_forward_rule_packets_total{target,rule}   iptables FORWARD-chain counters (kernel)
   dockline_endpoints, dockline_networks, dockline_published_ports   current sizes (gauges)
+  dockline_nat_events_total{event}        NAT events (nat_counters.h: ct_new, port_retry, ...) (ebpf)
+  dockline_conntrack_entries, dockline_conntrack_capacity, dockline_conntrack_pressure   (gauges)
+  dockline_conntrack_gc_deleted_total      entries the agent's GC removed
 """
 
 from __future__ import annotations
@@ -45,6 +48,17 @@ class DatapathCollector:
         for r in st.get("forward_rules", []):
             fr.add_metric([r["target"], r["rule"]], r["packets"])
         yield from (vp, vb, ep_p, ep_b, fr)
+        if "nat" in st:
+            ne = CounterMetricFamily("dockline_nat_events", "NAT events by kind", labels=["event"])
+            for name, n in st["nat"].items():
+                ne.add_metric([name], n)
+            yield ne
+            ct = st.get("conntrack", {})
+            for name in ("entries", "capacity", "pressure"):
+                yield GaugeMetricFamily(f"dockline_conntrack_{name}", f"Conntrack table {name}",
+                                        value=ct.get(name, 0))
+            yield CounterMetricFamily("dockline_conntrack_gc_deleted", "Conntrack entries removed by the GC",
+                                      value=ct.get("gc_deleted", 0))
         for name, n in (("endpoints", len(state.endpoints)), ("networks", len(state.networks)),
                         ("published_ports", len(state.ports))):
             yield GaugeMetricFamily(f"dockline_{name}", f"Current number of {name.replace('_', ' ')}", value=n)

@@ -50,6 +50,8 @@ def test_metrics_and_stats(mhost):
         assert 'dockline_endpoint_packets_total{endpoint="a",network="n1",path="redirected"}' in text
         r = h.cli("stats")
         assert r.returncode == 0 and "redirect_peer" in r.stdout
+        assert "dockline_conntrack_capacity 262144.0" in text
+        assert 'dockline_nat_events_total{event="ct_new"}' in text
     else:
         assert st["forward_rules"], "kernel backend exposes its FORWARD rule counters"
         assert "dockline_forward_rule_packets_total" in text
