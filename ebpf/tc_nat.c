@@ -187,7 +187,9 @@ int tc_nat_commit(struct __sk_buff *skb)
 	cfg = nat_config.lookup(&zero);
 	pmin = cfg ? cfg->port_min : 32768;
 	pmax = cfg ? cfg->port_max : 65535;
-	if ((s->kind & CT_K_SNAT) && l4 && s->d.to_port_min) {
+	/* only a SNAT/MASQUERADE decision's ports: the hairpin SNAT of tc_nat_route leaves
+	 * PREROUTING's DNAT ports in s->d */
+	if ((s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) && l4 && s->d.to_port_min) {
 		pmin = s->d.to_port_min;
 		pmax = s->d.to_port_max;
 		if (bpf_ntohs(s->tsp) < pmin || bpf_ntohs(s->tsp) > pmax)

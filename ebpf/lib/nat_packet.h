@@ -121,8 +121,8 @@ static __always_inline enum nat_parse_result nat_parse(struct __sk_buff *skb, st
 	p->has_l4 = 1;
 	if (ip->frag_off & bpf_htons(0x1fff)) {          /* offset != 0: no L4 header here */
 		p->has_l4 = 0;
-		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-			return NP_UNTRACKED;
+		if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_ICMP)
+			return NP_UNTRACKED;   /* ICMP: a large echo's later fragments follow its id */
 		return NP_OK;
 	}
 	if (ip->frag_off & bpf_htons(0x2000))            /* MF: first of several */
@@ -154,8 +154,16 @@ static __always_inline enum nat_parse_result nat_parse(struct __sk_buff *skb, st
 		p->inner_ihl = in->ihl;
 		p->inner_off = p->l4off + sizeof(struct icmphdr);
 		p->inner_l4off = p->inner_off + ihlen;
-		if (l4_tuple((void *)in + ihlen, end, in->protocol, &p->inner, &f, &t) <= 0)
+		if (in->protocol == IPPROTO_TCP) {
+			/* the quote may hold only 8 bytes of TCP (RFC 792): the ports are enough */
+			__be16 *ports = (void *)in + ihlen;
+			if ((void *)(ports + 2) > end)
+				return NP_UNTRACKED;
+			p->inner.sport = ports[0];
+			p->inner.dport = ports[1];
+		} else if (l4_tuple((void *)in + ihlen, end, in->protocol, &p->inner, &f, &t) <= 0) {
 			return NP_UNTRACKED;
+		}
 		return NP_ICMP_ERROR;
 	}
 }

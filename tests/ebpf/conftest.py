@@ -38,6 +38,45 @@ class BpfEnv:
                 continue
         raise KeyError(name)
 
+    def fd(self, prog: str) -> int:
+        return self.programs.progs[prog].fd
+
+    def bcc_leaf_type(self, name: str):
+        """bcc's ctypes type of a map's value, straight from the compile's description (bcc's
+        Table refuses per-CPU values that are not a multiple of 8 bytes, like nat_scratch)."""
+        import json
+        from bcc import BPF, lib
+        for b in self.programs._bpf_objects:
+            desc = lib.bpf_table_leaf_desc(b.module, name.encode())
+            if desc:
+                return BPF._decode_table_type(json.loads(desc.decode()))
+        raise KeyError(name)
+
+
+class Scratch:
+    """nat_scratch (lib/nat.h, per CPU), read with bcc's compiled type of struct nat_scratch (it
+    has no mirror: only the NAT stages use it). Zeroed before a run, it shows afterwards whether
+    the tail-called stages ran: tc_nat_route sets ``state`` (CT_ST_NEW or ESTABLISHED), nothing
+    before it does."""
+
+    def __init__(self, env: BpfEnv):
+        import ctypes
+        from dockline.control.datapath import loader
+        self.type = env.bcc_leaf_type("nat_scratch")
+        self.map = loader.PinnedMap(str(env.root / "nat_scratch"), ctypes.c_uint32, self.type, percpu=True)
+
+    def zero(self):
+        self.map.update(0, self.type())
+
+    def values(self) -> list:
+        return self.map.lookup(0)
+
+    def route_stage_ran(self) -> bool:
+        return any(v.state != 0 for v in self.values())
+
+    def close(self):
+        self.map.close()
+
 
 def remove_stale_test_folders():
     """Pin folders of earlier test sessions that died before their teardown (pid gone)."""
@@ -89,5 +128,41 @@ def tc_fd(bpf_env):
 
 
 @pytest.fixture
+def scratch(bpf_env):
+    s = Scratch(bpf_env)
+    s.zero()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
 def xdp_fd(bpf_env):
     return bpf_env.xdp_fd
+
+
+# ---------------------------------------------------------------- NAT tests (tests/ebpf/natenv.py)
+@pytest.fixture(scope="session")
+def natns():
+    """The NAT tests' private network namespace (created once, entered per test by ``world``)."""
+    from .natenv import NatNetns
+    ns = NatNetns()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+@pytest.fixture
+def world(bpf_env, maps, natns):
+    """The host of tests/ebpf/natenv.py installed in fresh maps, the test running inside the
+    private netns (left again at teardown)."""
+    from .natenv import World
+    w = World(maps, natns, {name: p.fd for name, p in bpf_env.programs.progs.items()})
+    natns.enter()
+    try:
+        w.install()
+        yield w
+    finally:
+        natns.leave()

@@ -50,22 +50,77 @@ def _mac(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
 
 
+@dataclass(frozen=True)
+class Tuple:
+    """A conntrack tuple in plain values (ports host order; ICMP echo: the id in sport of a
+    request, dport of a reply). ``key()`` is the struct ct_key the program looks up."""
+
+    saddr: str
+    daddr: str
+    sport: int
+    dport: int
+    proto: int
+
+    def key(self) -> S.CtKey:
+        return S.CtKey(S.be32(self.saddr), S.be32(self.daddr), S.be16(self.sport), S.be16(self.dport),
+                       self.proto)
+
+    def reverse(self) -> "Tuple":
+        return Tuple(self.daddr, self.saddr, self.dport, self.sport, self.proto)
+
+    @classmethod
+    def of_key(cls, k: S.CtKey) -> "Tuple":
+        assert bytes(k.pad) == bytes(3), f"ct key with a non-zero pad: {bytes(k)!r}"
+        return cls(S.ip_text(k.saddr), S.ip_text(k.daddr), S.be16_value(k.sport), S.be16_value(k.dport),
+                   k.proto)
+
+    @classmethod
+    def to_of(cls, e: S.CtEntry, proto: int) -> "Tuple":
+        """The translated tuple a ct entry holds."""
+        return cls(S.ip_text(e.to_saddr), S.ip_text(e.to_daddr), S.be16_value(e.to_sport),
+                   S.be16_value(e.to_dport), proto)
+
+
+#: nat_config as control/datapath/nat_maps.NatMaps.clear() leaves it: no hook has an instruction
+def reset_nat_config() -> S.NatConfig:
+    return S.NatConfig(entry=(ctypes.c_uint32 * 4)(*([0xFFFFFFFF] * 4)))
+
+
+NAT_RULE_SLOTS = 2 * 1024     # 2 * MAX_NAT_RULES (consts.h)
+
+
 class Maps:
-    """The six pinned maps of one private pin folder, opened through loader.PinnedMap (the same
-    ctypes mirrors the agent uses)."""
+    """The pinned maps of one private pin folder, opened through loader.PinnedMap (the same ctypes
+    mirrors the agent uses)."""
 
     def __init__(self, root: str):
-        U32 = ctypes.c_uint32
-        self.by_ifindex = loader.PinnedMap(f"{root}/endpoints_by_ifindex", U32, S.EndpointInfo)
-        self.by_ip = loader.PinnedMap(f"{root}/endpoints_by_ip", U32, S.IpEndpoint)
-        self.published = loader.PinnedMap(f"{root}/published_ports", S.PublishedKey, ctypes.c_uint8)
-        self.subnets = loader.PinnedMap(f"{root}/local_subnets", S.SubnetKey, ctypes.c_uint8)
-        self.verdicts = loader.PinnedMap(f"{root}/verdicts", U32, S.Counter, percpu=True)
-        self.ep_stats = loader.PinnedMap(f"{root}/endpoint_stats", U32, S.EndpointStats, percpu=True)
-        self.hashes = [self.by_ifindex, self.by_ip, self.published, self.subnets, self.ep_stats]
+        U8, U32, U64 = ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint64
+        self.root = root
+
+        def m(name, k, v, percpu=False):
+            return loader.PinnedMap(f"{root}/{name}", k, v, percpu=percpu)
+
+        self.by_ifindex = m("endpoints_by_ifindex", U32, S.EndpointInfo)
+        self.by_ip = m("endpoints_by_ip", U32, S.IpEndpoint)
+        self.subnets = m("local_subnets", S.SubnetKey, U8)
+        self.verdicts = m("verdicts", U32, S.Counter, percpu=True)
+        self.ep_stats = m("endpoint_stats", U32, S.EndpointStats, percpu=True)
+        self.net_info = m("net_info", U32, S.NetInfo)
+        self.ct = m("ct", S.CtKey, S.CtEntry)
+        self.nat_config = m("nat_config", U32, S.NatConfig)
+        self.nat_rules = m("nat_rules", U32, S.NatRule)
+        self.nat_exact = m("nat_exact", S.NatExactKey, S.NatExactVal)
+        self.nat_ifaddr = m("nat_ifaddr", U32, U32)
+        self.local_addrs = m("local_addrs", S.SubnetKey, U8)
+        self.frag_ports = m("frag_ports", S.FragKey, S.FragPorts)
+        self.sock_xlate = m("sock_xlate", U64, S.SockXlate)
+        self.nat_counters = m("nat_counters", U32, U64, percpu=True)
+        self.hashes = [self.by_ifindex, self.by_ip, self.subnets, self.ep_stats, self.net_info, self.ct,
+                       self.nat_exact, self.nat_ifaddr, self.local_addrs, self.frag_ports, self.sock_xlate]
+        self._rules_written = True      # unknown at open: zero every slot on the first clear
 
     def all(self):
-        return self.hashes + [self.verdicts]
+        return self.hashes + [self.verdicts, self.nat_counters, self.nat_config, self.nat_rules]
 
     def close(self):
         for m in self.all():
@@ -78,10 +133,21 @@ class Maps:
                 m.delete(k)
         for code in range(S.NR_VERDICTS):
             self.verdicts.update(code, S.Counter(0, 0))
+        for idx in range(S.NR_NAT_COUNTERS):
+            self.nat_counters.update(idx, ctypes.c_uint64(0))
+        if self._rules_written or bytes(self.nat_config.lookup(0)) != bytes(reset_nat_config()):
+            zero = S.NatRule()
+            for slot in range(NAT_RULE_SLOTS):
+                self.nat_rules.update(slot, zero)
+            self._rules_written = False
+        self.nat_config.update(0, reset_nat_config())
 
     def is_empty(self) -> bool:
         return (all(not m.keys() for m in self.hashes)
-                and all(self.verdict(c) == (0, 0) for c in range(S.NR_VERDICTS)))
+                and all(self.verdict(c) == (0, 0) for c in range(S.NR_VERDICTS))
+                and all(self.nat_counter(c) == 0 for c in range(S.NR_NAT_COUNTERS))
+                and bytes(self.nat_config.lookup(0)) == bytes(reset_nat_config())
+                and all(bytes(self.nat_rules.lookup(s)) == bytes(S.NatRule()) for s in (0, 1, 1024, 1025)))
 
     # -- writes, as control/datapath/ebpf.py does them
     def add_endpoint(self, ep: Endpoint, *, by_ifindex: bool = True, by_ip: bool = True):
@@ -92,12 +158,43 @@ class Maps:
             self.by_ip.update(S.be32(ep.ip), S.IpEndpoint(ifindex=ep.ifindex, net_id=ep.net_id,
                                                           mac=S.mac_bytes(ep.mac), flags=0))
 
-    def publish(self, ip: str, port: int, proto: int):
-        self.published.update(S.PublishedKey(S.be32(ip), S.be16(port), proto, 0), ctypes.c_uint8(1))
-
     def add_subnet(self, cidr: str):
         n = ipaddress.IPv4Network(cidr)
         self.subnets.update(S.SubnetKey(n.prefixlen, S.be32(str(n.network_address))), ctypes.c_uint8(1))
+
+    def add_net_info(self, net_id: int, bridge_ifindex: int, gateway: str, gw_mac: str):
+        self.net_info.update(net_id, S.NetInfo(bridge_ifindex=bridge_ifindex, gateway=S.be32(gateway),
+                                               gw_mac=S.mac_bytes(gw_mac)))
+
+    def add_local_addr(self, cidr: str):
+        n = ipaddress.IPv4Network(cidr)
+        self.local_addrs.update(S.SubnetKey(n.prefixlen, S.be32(str(n.network_address))), ctypes.c_uint8(1))
+
+    def set_ifaddr(self, ifindex: int, ip: str):
+        self.nat_ifaddr.update(ifindex, ctypes.c_uint32(S.be32(ip)))
+
+    def add_ct_pair(self, orig: Tuple, to: Tuple, *, kind: int, state: int = S.CT_ST_NEW, flags: int = 0,
+                    expires_ns: int = 0, twin_checked_ns: int = 0):
+        """Both halves of a flow, as ct_create writes them: ORIG orig -> to, REPLY reverse(to) ->
+        reverse(orig)."""
+        assert orig.proto == to.proto
+        common = dict(state=state, flags=flags, kind=kind, expires_ns=expires_ns, twin_checked_ns=twin_checked_ns)
+        self.ct.update(orig.key(), ct_entry(to, dir=S.CT_DIR_ORIG, **common))
+        self.ct.update(to.reverse().key(), ct_entry(orig.reverse(), dir=S.CT_DIR_REPLY, **common))
+
+    def apply_nat(self, save_text: str, ifindex=lambda name: None, *, port_min: int = 32768,
+                  port_max: int = 60999, netns_cookie: int = 0):
+        """Compile an iptables-save text and write it as the agent does (NatMaps.apply); returns
+        the compiled Program (relative pcs, table ids from 1: what interpreter.run takes)."""
+        from dockline.control.datapath.nat_maps import NatMaps
+        from dockline.control.nat.compiler import compile_ruleset
+        from dockline.control.nat.parser import parse_save
+
+        rs, _ = parse_save(save_text)
+        self._rules_written = True
+        NatMaps(self.nat_config, self.nat_rules, self.nat_exact).apply(
+            lambda base: compile_ruleset(rs, ifindex, base), netns_cookie, port_min, port_max)
+        return compile_ruleset(rs, ifindex, 1)
 
     # -- reads (per-CPU values summed)
     def verdict(self, code: int) -> tuple[int, int]:
@@ -107,6 +204,25 @@ class Maps:
     def verdict_table(self) -> dict[int, tuple[int, int]]:
         return {c: self.verdict(c) for c in range(S.NR_VERDICTS)}
 
+    def moved_verdicts(self) -> dict[str, tuple[int, int]]:
+        """The non-zero verdict counters by name: (packets, bytes)."""
+        return {_name(c): v for c, v in self.verdict_table().items() if v != (0, 0)}
+
+    def nat_counter(self, idx: int) -> int:
+        return sum(v.value for v in self.nat_counters.lookup(int(idx)) or [])
+
+    def nat_counter_table(self) -> dict[str, int]:
+        """The non-zero NAT counters by name."""
+        out = {}
+        for idx in range(S.NR_NAT_COUNTERS):
+            n = self.nat_counter(idx)
+            if n:
+                out[_nat_name(idx)] = n
+        return out
+
+    def ct_table(self) -> dict[Tuple, S.CtEntry]:
+        return {Tuple.of_key(k): v for k, v in self.ct.items()}
+
     def endpoint_stats(self, ifindex: int) -> dict[str, tuple[int, int]] | None:
         vals = self.ep_stats.lookup(ifindex)
         if vals is None:
@@ -115,10 +231,24 @@ class Maps:
                 for f in ("redirected", "passed", "dropped")}
 
 
+def ct_entry(to: Tuple, *, dir: int, state: int = S.CT_ST_NEW, flags: int = 0, kind: int = 0,
+             expires_ns: int = 0, twin_checked_ns: int = 0) -> S.CtEntry:
+    return S.CtEntry(to_saddr=S.be32(to.saddr), to_daddr=S.be32(to.daddr), to_sport=S.be16(to.sport),
+                     to_dport=S.be16(to.dport), dir=dir, state=state, flags=flags, kind=kind,
+                     expires_ns=expires_ns, twin_checked_ns=twin_checked_ns)
+
+
+def _nat_name(idx: int) -> str:
+    try:
+        return S.NatCounter(idx).name
+    except ValueError:
+        return f"nat{idx}"
+
+
 # ---------------------------------------------------------------- one table case, fully checked
 def stats_bucket(code: int) -> str:
-    """Which endpoint_stats counter tc_from_endpoint's count() bumps for a verdict code."""
-    if code == S.Verdict.REDIRECT_PEER:
+    """Which endpoint_stats counter count_endpoint() (ebpf/lib/endpoint.h) bumps for a verdict."""
+    if code in (S.Verdict.REDIRECT_PEER, S.Verdict.NAT_REDIRECT):
         return "redirected"
     return "dropped" if code >= S.DROP_BASE else "passed"
 

@@ -5,14 +5,24 @@ Topology (what the control plane would have written into the maps):
     network A (net_id 100): a1 10.1.0.2  <- the sender: its host-side veth is the test-run
                                             device (ifindex 1, the netns loopback, see harness)
                             a2 10.1.0.3     ifindex 1002
-                            gateway 10.1.0.1 (not an endpoint: only its MAC is used)
-    network B (net_id 200): b1 10.2.0.2     ifindex 2002
-    published: a1 tcp/8080, a1 udp/5353 (replies from them always take the host path: they
-               may cross networks, and never use the same-network fast path)
+                            gateway 10.1.0.1 (not an endpoint: only its MAC is used), bridge
+                            ifindex 3100 (net_info only: no such device is needed)
+    network B (net_id 200): b1 10.2.0.2     ifindex 2002; gateway 10.2.0.1, bridge 3200
     local subnets (uplink anti-spoofing): 10.1.0.0/24, 10.2.0.0/16
+    no NAT rules (nat_config as NatMaps.clear() leaves it), empty conntrack
+
+The old "published ports" special case is gone: a reply from a published port is a conntrack
+hit now (the ct-* cases, whose setup writes both halves of the DNATed flow), and without one it is
+judged like any packet (cross-network: isolated).
+
+Every case without conntrack entries runs twice (tests/ebpf/test_tc_endpoint.py): with the maps
+above, and with net_info entries for both networks (``with_net_info``), when tc_from_endpoint runs
+nat_ingress and a routed packet goes through the tail-called stages of ebpf/tc_nat.c, which find
+nothing to translate and must give the same verdict. The ct-* cases always have net_info.
 
 Packets are built with scapy only as bytes, always with explicit MACs and IPs (no ARP/route
-lookups). The programs never rewrite packets, so every expected output is the input.
+lookups). Only a conntrack hit rewrites a packet (expected_out, built with scapy: translated
+addresses and ports, TTL - 1, MACs of the route, checksums recomputed).
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ from scapy.packet import Raw
 
 from dockline.control.datapath.bpf_structs import Verdict
 
+from dockline.control.datapath import bpf_structs as S
+
 from .harness import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS,
-                      Endpoint, Maps)
+                      Endpoint, Maps, Tuple)
 
 TCP_P, UDP_P = 6, 17
 
@@ -38,22 +50,39 @@ A2 = Endpoint("a2", 1002, "10.1.0.3", "02:00:0a:01:00:03", NET_A)
 B1 = Endpoint("b1", 2002, "10.2.0.2", "02:00:0a:02:00:02", NET_B)
 ENDPOINTS = (A1, A2, B1)
 GW_A_IP, GW_A_MAC = "10.1.0.1", "02:00:0a:01:00:01"
+GW_B_IP, GW_B_MAC = "10.2.0.1", "02:00:0a:02:00:01"
+BR_A, BR_B = 3100, 3200
 OTHER_MAC = "02:de:ad:be:ef:01"
 BCAST_MAC = "ff:ff:ff:ff:ff:ff"
 OUTSIDE_IP = "8.8.8.8"
-PUBLISHED = ((A1.ip, 8080, TCP_P), (A1.ip, 5353, UDP_P))
+HOST_IP = "203.0.113.1"      # the host address a published port is reached at (ct-* cases)
 LOCAL_SUBNETS = ("10.1.0.0/24", "10.2.0.0/16")
 UPLINK_MAC, ROUTER_MAC = "02:00:00:00:00:aa", "02:00:00:00:00:bb"
 
 
 def standard(maps: Maps):
-    """The whole topology above."""
+    """The whole topology above (no net_info: tc_from_endpoint does no NAT)."""
     for ep in ENDPOINTS:
         maps.add_endpoint(ep)
-    for ip, port, proto in PUBLISHED:
-        maps.publish(ip, port, proto)
     for cidr in LOCAL_SUBNETS:
         maps.add_subnet(cidr)
+
+
+def with_net_info(maps: Maps):
+    """net_info for both networks: tc_from_endpoint runs nat_ingress for their endpoints."""
+    maps.add_net_info(NET_A, BR_A, GW_A_IP, GW_A_MAC)
+    maps.add_net_info(NET_B, BR_B, GW_B_IP, GW_B_MAC)
+
+
+def dnat_flow(client: str, cport: int, hport: int, server: str, sport: int, proto: int = TCP_P):
+    """A setup with the topology, net_info and both conntrack halves of a connection from
+    client:cport to HOST_IP:hport that PREROUTING DNATed to server:sport (a published port)."""
+    def setup(maps: Maps):
+        standard(maps)
+        with_net_info(maps)
+        maps.add_ct_pair(Tuple(client, HOST_IP, cport, hport, proto),
+                         Tuple(client, server, cport, sport, proto), kind=S.CT_K_DNAT)
+    return setup
 
 
 def without_self(maps: Maps):
@@ -77,6 +106,7 @@ class PacketCase:
     expected_out: bytes | None = None    # None: identical to the input
     expected_errno: int | None = None    # the kernel refuses the buffer (BPF_PROG_TEST_RUN)
     bug: str | None = None               # the program does not do this yet: strict xfail
+    both_net_info: bool = True           # also run with with_net_info(), same expectations
 
     def __str__(self):
         return self.id
@@ -87,6 +117,21 @@ def params(cases):
     import pytest
     return [pytest.param(x, id=x.id, marks=[pytest.mark.xfail(strict=True, reason=f"bug: {x.bug}")]
                          if x.bug else []) for x in cases]
+
+
+def nat_variant(case: PacketCase) -> PacketCase:
+    """The case with net_info entries added after its setup (same expectations)."""
+    from dataclasses import replace
+
+    def setup(maps, _base=case.setup):
+        _base(maps)
+        with_net_info(maps)
+    return replace(case, id=case.id + "+net_info", setup=setup, both_net_info=False)
+
+
+def with_variants(cases):
+    """Every case, and the net_info variant of those that have one."""
+    return list(cases) + [nat_variant(x) for x in cases if x.both_net_info]
 
 
 # ---------------------------------------------------------------- builders
@@ -147,54 +192,108 @@ TC_CASES = [
       SHOT, V.ISOLATION),
     c("cross-network-via-gateway-mac", "a1 -> b1 through the gateway MAC: still isolated",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip), SHOT, V.ISOLATION),
-    c("cross-network-icmp", "a1 -> b1 ICMP (no port: never a published reply)",
+    c("cross-network-icmp", "a1 -> b1 ICMP echo via the gateway: isolated",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=ICMP()), SHOT, V.ISOLATION),
-    c("published-reply-tcp", "a1's published tcp/8080 replies to b1 (DNATed connection): pass",
-      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8080, dport=40000, flags="SA")), OK, V.PASS),
-    c("published-reply-udp", "a1's published udp/5353 replies to b1",
-      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=UDP(sport=5353, dport=40000)), OK, V.PASS),
-    c("published-port-wrong-proto", "udp from 8080 (only tcp/8080 is published): isolated",
-      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=UDP(sport=8080, dport=40000)), SHOT, V.ISOLATION),
+    # former "published port" cases: without a conntrack entry a reply from a port that may be
+    # published is an ordinary packet (the published_ports special case is gone)
+    c("former-published-reply-tcp", "tcp from 8080 to b1 (another network) without a conntrack "
+      "entry: isolated", lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8080, dport=40000, flags="SA")),
+      SHOT, V.ISOLATION),
+    c("former-published-reply-udp", "udp from 5353 to b1 without a conntrack entry: isolated",
+      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=UDP(sport=5353, dport=40000)), SHOT, V.ISOLATION),
     c("unpublished-port-cross-network", "tcp from 8081 to b1: isolated",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8081, dport=40000)), SHOT, V.ISOLATION),
-    c("published-dst-port-not-src", "tcp to b1 port 8080 from an ephemeral port: isolated",
-      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=40000, dport=8080)), SHOT, V.ISOLATION),
-    c("published-reply-truncated-tcp", "published tcp/8080 but only 12 bytes of TCP header: port "
-      "unknown, isolated", lambda: frame(edst=GW_A_MAC, dst=B1.ip,
-                                          l4=TCP(sport=8080, dport=40000))[:IP_OFF + 20 + 12],
+    c("truncated-tcp-cross-network", "only 12 bytes of TCP header to b1: isolated (NAT's parser "
+      "calls it malformed and declines)", lambda: frame(edst=GW_A_MAC, dst=B1.ip,
+                                                         l4=TCP(sport=8080, dport=40000))[:IP_OFF + 20 + 12],
       SHOT, V.ISOLATION),
-    c("published-reply-with-ip-options", "IHL 6 (one option word): ports read after the options",
+    c("ip-options-cross-network", "IHL 6 (one option word) to b1: isolated",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8080, dport=40000),
-                    ip_kw={"options": [NOP_OPTS]}), OK, V.PASS),
-    c("published-reply-same-network", "a1's published tcp/8080 replies to a2, to a2's MAC: host "
-      "path, not the fast path (the host may have DNATed it: hairpin)",
-      lambda: frame(l4=TCP(sport=8080, dport=40000, flags="SA")), OK, V.PASS),
-    c("published-reply-udp-same-network", "a1's published udp/5353 to a2: host path",
-      lambda: frame(l4=UDP(sport=5353, dport=40000)), OK, V.PASS),
-    c("published-port-other-proto-same-network", "udp from 8080 to a2 (tcp/8080 is published): "
-      "fast path", lambda: frame(l4=UDP(sport=8080, dport=40000)), REDIR, V.REDIRECT_PEER),
-    c("published-reply-to-outside", "published tcp/8080 to 8.8.8.8 (not an endpoint): pass",
+                    ip_kw={"options": [NOP_OPTS]}), SHOT, V.ISOLATION),
+    c("former-published-reply-same-network", "tcp from 8080 to a2's MAC without a conntrack entry: "
+      "the fast path", lambda: frame(l4=TCP(sport=8080, dport=40000, flags="SA")), REDIR, V.REDIRECT_PEER),
+    c("former-published-reply-udp-same-network", "udp from 5353 to a2's MAC: the fast path",
+      lambda: frame(l4=UDP(sport=5353, dport=40000)), REDIR, V.REDIRECT_PEER),
+    c("reply-to-outside", "tcp from 8080 to 8.8.8.8 (not an endpoint): pass",
       lambda: frame(edst=GW_A_MAC, dst=OUTSIDE_IP, l4=TCP(sport=8080, dport=40000)), OK, V.PASS),
-    # fragments: no trustworthy ports, so every fragment to an endpoint takes the host path
-    # (defrag, conntrack and the kernel's isolation rules judge it there)
+    c("icmp-echo-to-outside", "ICMP echo to 8.8.8.8 via the gateway: pass",
+      lambda: frame(edst=GW_A_MAC, dst=OUTSIDE_IP, l4=ICMP(id=7)), OK, V.PASS),
+    c("icmp-error-to-outside", "ICMP port unreachable quoting an untracked packet: pass",
+      lambda: frame(edst=GW_A_MAC, dst=OUTSIDE_IP, l4=ICMP(type=3, code=3) / IP(src=OUTSIDE_IP, dst=A1.ip)
+                    / UDP(sport=53, dport=40000)), OK, V.PASS),
+    c("gre-to-outside", "GRE (not tracked) to 8.8.8.8: pass", lambda: bytes(
+        eth(A1.mac, GW_A_MAC) / ip4(A1.ip, OUTSIDE_IP, proto=47) / Raw(bytes(8))), OK, V.PASS),
+    c("ttl-1-to-outside", "TTL 1 via the gateway (left to the stack): pass",
+      lambda: frame(edst=GW_A_MAC, dst=OUTSIDE_IP, ip_kw={"ttl": 1}), OK, V.PASS),
+    # conntrack hits (need net_info): the reply of a DNATed connection is translated back and
+    # sent straight to its endpoint (bpf_redirect_peer), TTL - 1, MACs of the route
+    c("ct-reply-cross-network", "a1's tcp/80 answers b1, whose connection to host:8080 was DNATed "
+      "to a1:80: source becomes host:8080, into b1", lambda: frame(edst=GW_A_MAC, dst=B1.ip,
+                                                                   l4=TCP(sport=80, dport=40000, flags="SA")),
+      REDIR, V.NAT_REDIRECT, setup=dnat_flow(B1.ip, 40000, 8080, A1.ip, 80), both_net_info=False,
+      expected_out=bytes(Ether(src=GW_B_MAC, dst=B1.mac) / IP(src=HOST_IP, dst=B1.ip, ttl=63)
+                         / TCP(sport=8080, dport=40000, flags="SA"))),
+    c("ct-reply-cross-network-udp", "the same for udp 53 published as 5353",
+      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=UDP(sport=53, dport=40000) / Raw(b"answer")),
+      REDIR, V.NAT_REDIRECT, setup=dnat_flow(B1.ip, 40000, 5353, A1.ip, 53, UDP_P), both_net_info=False,
+      expected_out=bytes(Ether(src=GW_B_MAC, dst=B1.mac) / IP(src=HOST_IP, dst=B1.ip, ttl=63)
+                         / UDP(sport=5353, dport=40000) / Raw(b"answer"))),
+    c("ct-reply-same-network-peer-mac", "a1 answers a2 (same L2, to a2's MAC) on a connection a2 "
+      "made to host:8080: translated, not the untranslated fast path",
+      lambda: frame(l4=TCP(sport=80, dport=40000, flags="A")), REDIR, V.NAT_REDIRECT,
+      setup=dnat_flow(A2.ip, 40000, 8080, A1.ip, 80), both_net_info=False,
+      expected_out=bytes(Ether(src=GW_A_MAC, dst=A2.mac) / IP(src=HOST_IP, dst=A2.ip, ttl=63)
+                         / TCP(sport=8080, dport=40000, flags="A"))),
+    c("ct-orig-cross-network", "a1 -> host:9090, DNATed to b1:90 (a published port of network B): "
+      "a mid-stream packet of the flow is translated into b1",
+      lambda: frame(edst=GW_A_MAC, dst=HOST_IP, l4=TCP(sport=40001, dport=9090, flags="A")),
+      REDIR, V.NAT_REDIRECT, setup=dnat_flow(A1.ip, 40001, 9090, B1.ip, 90), both_net_info=False,
+      expected_out=bytes(Ether(src=GW_B_MAC, dst=B1.mac) / IP(src=A1.ip, dst=B1.ip, ttl=63)
+                         / TCP(sport=40001, dport=90, flags="A"))),
+    c("ct-icmp-echo-reply", "a1 answers b1's ping of host (DNATed to a1): source becomes host",
+      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=ICMP(type=0, id=7, seq=1) / Raw(b"ping")),
+      REDIR, V.NAT_REDIRECT, setup=dnat_flow(B1.ip, 7, 0, A1.ip, 0, 1), both_net_info=False,
+      expected_out=bytes(Ether(src=GW_B_MAC, dst=B1.mac) / IP(src=HOST_IP, dst=B1.ip, ttl=63)
+                         / ICMP(type=0, id=7, seq=1) / Raw(b"ping"))),
+    c("ct-other-port-is-a-miss", "a1 answers b1 from port 81 (the flow is 80): no entry, isolated",
+      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=81, dport=40000, flags="SA")),
+      SHOT, V.ISOLATION, setup=dnat_flow(B1.ip, 40000, 8080, A1.ip, 80), both_net_info=False),
+    c("ct-other-proto-is-a-miss", "udp 80 -> b1:40000 (the flow is tcp): isolated",
+      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=UDP(sport=80, dport=40000)),
+      SHOT, V.ISOLATION, setup=dnat_flow(B1.ip, 40000, 8080, A1.ip, 80), both_net_info=False),
+    c("ct-reply-ttl-1", "TTL 1 on a tracked reply: NAT leaves it (TTL_EXCEEDED) and the endpoint's "
+      "own steps isolate it", lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=80, dport=40000, flags="SA"),
+                                            ip_kw={"ttl": 1}),
+      SHOT, V.ISOLATION, setup=dnat_flow(B1.ip, 40000, 8080, A1.ip, 80), both_net_info=False),
+    c("ct-without-net-info", "the same tracked reply when a1's network has no net_info: no NAT, "
+      "isolated", lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=80, dport=40000, flags="SA")),
+      SHOT, V.ISOLATION, both_net_info=False,
+      setup=lambda m: (standard(m), m.add_ct_pair(Tuple(B1.ip, HOST_IP, 40000, 8080, TCP_P),
+                                                  Tuple(B1.ip, A1.ip, 40000, 80, TCP_P), kind=S.CT_K_DNAT))),
+    c("ct-reply-fragment-mf", "a tracked reply's first fragment (MF) is translated too",
+      lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=UDP(sport=53, dport=40000) / Raw(b"answer"),
+                    ip_kw={"flags": "MF", "id": 99}),
+      REDIR, V.NAT_REDIRECT, setup=dnat_flow(B1.ip, 40000, 5353, A1.ip, 53, UDP_P), both_net_info=False,
+      expected_out=bytes(Ether(src=GW_B_MAC, dst=B1.mac) / IP(src=HOST_IP, dst=B1.ip, ttl=63, flags="MF", id=99)
+                         / UDP(sport=5353, dport=40000) / Raw(b"answer"))),
+    # fragments: a fragment NAT does not translate takes the host path to an endpoint (no
+    # trustworthy ports for the isolation check; the kernel judges it there)
     c("fragment-mf-same-network", "first fragment (MF) a1 -> a2: host path, not redirected",
       lambda: frame(ip_kw={"flags": "MF"}), OK, V.PASS),
-    c("fragment-mf-published-same-network", "first fragment (MF) of a reply from published "
-      "tcp/8080 to a2 (same network): host path, like the unfragmented reply",
-      lambda: frame(l4=TCP(sport=8080, dport=40000), ip_kw={"flags": "MF"}), OK, V.PASS),
-    c("fragment-offset-published-same-network", "non-first fragment of a reply from published "
-      "tcp/8080 to a2: host path as well",
+    c("fragment-offset-same-network", "non-first fragment (offset 8) a1 -> a2: host path",
       lambda: frame(l4=TCP(sport=8080, dport=40000), ip_kw={"frag": 8}), OK, V.PASS),
-    c("fragment-mf-published-cross-network", "first fragment (MF) from published tcp/8080 to b1: "
-      "host path (the kernel's isolation rules apply there)",
+    c("fragment-mf-cross-network", "first fragment (MF) to b1 via the gateway: host path",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8080, dport=40000), ip_kw={"flags": "MF"}),
       OK, V.PASS),
     c("fragment-offset-cross-network", "non-first fragment (offset 8) to b1: host path",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8080, dport=40000), ip_kw={"frag": 8}),
       OK, V.PASS),
-    c("fragment-df-published-reply", "DF set (not a fragment) from published tcp/8080: pass",
+    c("fragment-offset-udp-to-outside", "non-first UDP fragment to 8.8.8.8: pass (with net_info "
+      "NAT looks for its first fragment's ports: FRAG_UNKNOWN)",
+      lambda: frame(edst=GW_A_MAC, dst=OUTSIDE_IP, l4=UDP(sport=1, dport=2), ip_kw={"frag": 100}), OK, V.PASS),
+    c("fragment-df-cross-network", "DF set (not a fragment) to b1: isolated",
       lambda: frame(edst=GW_A_MAC, dst=B1.ip, l4=TCP(sport=8080, dport=40000), ip_kw={"flags": "DF"}),
-      OK, V.PASS),
+      SHOT, V.ISOLATION),
     # anti-spoofing
     c("spoofed-mac", "a1 with another source MAC", lambda: frame(esrc=OTHER_MAC), SHOT, V.SPOOFED_MAC),
     c("spoofed-mac-as-a2", "a1 claiming a2's MAC", lambda: frame(esrc=A2.mac, edst=GW_A_MAC), SHOT,

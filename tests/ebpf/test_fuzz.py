@@ -3,6 +3,11 @@ through the pure-Python reference model (tests/ebpf/model.py): 0 mismatches allo
 refusal errno, the verdict (the one verdict counter that moved), the return value and the output
 bytes. The model is first checked against every hand-written case of tests/ebpf/packets.py.
 
+Every TC class runs twice: without net_info, and with net_info for both networks (NAT on, no
+rules, empty conntrack), where routed packets go through the tail-called NAT stages and must still
+get the model's verdict; there the NAT counters must match the model too (only FRAG_UNKNOWN can
+move) and conntrack must stay empty.
+
 Fixed seeds: a failure names the class, the packet (hex) and both verdicts, and reproduces.
 """
 
@@ -27,6 +32,14 @@ PER_CLASS = 2000
 STANDARD = model.state_of(packets.standard)
 WITHOUT_SELF = model.state_of(packets.without_self)
 SELF_ENTRY = STANDARD.by_ifindex[TEST_RUN_IFINDEX]
+
+
+def _nat_states():
+    """STANDARD and WITHOUT_SELF with net_info: fresh State objects (the model fills their
+    frag_ports as the program fills the map)."""
+    def add(setup):
+        return model.state_of(lambda m: (setup(m), packets.with_net_info(m)))
+    return add(packets.standard), add(packets.without_self)
 
 MACS = [model.mac_b(m) for m in (A1.mac, A2.mac, B1.mac, GW_A_MAC, BCAST_MAC, OTHER_MAC)]
 IPS = [model.ip_b(i) for i in (A1.ip, A2.ip, B1.ip, packets.GW_A_IP, OUTSIDE_IP, "0.0.0.0",
@@ -158,12 +171,18 @@ TC_CLASSES = {
 }
 
 
-def tc_packets(name: str, n: int):
+def tc_packets(name: str, n: int, nat: bool = False):
+    """The class's packets, each with the State it runs in (with net_info when ``nat``)."""
     if name == "truncation":
         it = gen_truncation()
-        return [next(it) for _ in range(n)]
-    rng = random.Random(f"{SEED}-{name}")
-    return [TC_CLASSES[name](rng) for _ in range(n)]
+        cases = [next(it) for _ in range(n)]
+    else:
+        rng = random.Random(f"{SEED}-{name}")
+        cases = [TC_CLASSES[name](rng) for _ in range(n)]
+    if nat:
+        std, without = _nat_states()
+        cases = [(pkt, std if st is STANDARD else without) for pkt, st in cases]
+    return cases
 
 
 # ---------------------------------------------------------------- the comparison loop
@@ -174,20 +193,25 @@ def use_state(maps, state, current):
         return current
     if TEST_RUN_IFINDEX in state.by_ifindex:
         maps.add_endpoint(packets.A1, by_ip=False)
+    # (both fuzz states of one run have the same net_info, subnets and by_ip)
     else:
         maps.by_ifindex.delete(TEST_RUN_IFINDEX)
     return state
 
 
-def fuzz(maps, prog_fd, cases, model_fn, *, stats: bool):
-    STANDARD.install(maps)
-    current = STANDARD
+def fuzz(maps, prog_fd, cases, model_fn, *, stats: bool, nat_counters: dict | None = None):
+    """``nat_counters``: a dict the model's NAT counter increments are summed into."""
+    current = cases[0][1]
+    current.install(maps)
     hist: dict[int, list[int]] = {}
     mismatches = []
     refusals = 0
     for pkt, state in cases:
         current = use_state(maps, state, current)
         want = model_fn(pkt, state)
+        if nat_counters is not None and want.nat is not None:
+            for name, n in want.nat.counters.items():
+                nat_counters[name] = nat_counters.get(name, 0) + n
         try:
             r = prog_test_run(prog_fd, pkt)
             got_errno = None
@@ -235,7 +259,7 @@ def report(mismatches, limit=10) -> str:
 
 # ---------------------------------------------------------------- tests
 
-@pytest.mark.parametrize("case", packets.params(packets.TC_CASES))
+@pytest.mark.parametrize("case", packets.params(packets.with_variants(packets.TC_CASES)))
 def test_model_agrees_with_tc_table(case):
     """The reference model reproduces every hand-written expectation (no kernel involved). The
     model follows the program, so it "fails" exactly the cases that name a program bug."""
@@ -252,13 +276,19 @@ def test_model_agrees_with_xdp_table(case):
 
 
 @root
+@pytest.mark.parametrize("nat", [False, True], ids=["plain", "net_info"])
 @pytest.mark.parametrize("name", list(TC_CLASSES))
-def test_fuzz_tc_from_endpoint(maps, tc_fd, name):
-    cases = tc_packets(name, PER_CLASS)
-    mismatches, hist, refusals = fuzz(maps, tc_fd, cases, model.tc_model, stats=True)
+def test_fuzz_tc_from_endpoint(maps, tc_fd, name, nat):
+    cases = tc_packets(name, PER_CLASS, nat)
+    want_nat: dict = {}
+    mismatches, hist, refusals = fuzz(maps, tc_fd, cases, model.tc_model, stats=True, nat_counters=want_nat)
     assert not mismatches, report(mismatches)
     # the class really exercised something: several verdicts, not only one
     assert len([c for c, v in hist.items() if v[0]]) >= 3, hist
+    assert maps.nat_counter_table() == want_nat
+    assert maps.ct.keys() == []
+    if not nat:
+        assert want_nat == {} and maps.frag_ports.keys() == []
 
 
 def test_fuzz_tc_covers_every_tc_verdict():
@@ -269,9 +299,10 @@ def test_fuzz_tc_covers_every_tc_verdict():
             o = model.tc_model(pkt, state)
             if o.verdict is not None:
                 seen.add(o.verdict)
-    tc_codes = {v for v in Verdict if v not in (Verdict.XDP_PASS, Verdict.UPLINK_SPOOFED,
-                                                Verdict.UPLINK_MALFORMED)}
-    assert seen == tc_codes
+    not_tc = {Verdict.XDP_PASS, Verdict.UPLINK_SPOOFED, Verdict.UPLINK_MALFORMED, Verdict.UPLINK_PASS}
+    # translations need conntrack entries or rules, which the fuzz states do not have
+    nat_only = {Verdict.NAT_REDIRECT, Verdict.NAT_PASS, Verdict.NAT_NO_PORT, Verdict.NAT_NO_ADDR}
+    assert seen == {v for v in Verdict} - not_tc - nat_only
 
 
 # -- xdp_uplink

@@ -1,6 +1,8 @@
 """tc_from_endpoint (ebpf/tc_endpoint.c) run by the kernel on buffers (BPF_PROG_TEST_RUN):
-return value, unchanged packet, verdict counter and endpoint_stats for every table case of
-tests/ebpf/packets.py."""
+return value, output packet, verdict counter and endpoint_stats for every table case of
+tests/ebpf/packets.py, each with and without net_info (NAT on, no rules: routed packets go through
+the tail-called stages of ebpf/tc_nat.c, which decline and give the same verdict). The NAT side
+effects (nat_counters, whether the stages ran, conntrack) are checked against tests/ebpf/model.py."""
 
 from __future__ import annotations
 
@@ -10,16 +12,69 @@ import pytest
 
 from dockline.control.datapath.bpf_structs import Verdict
 
-from . import harness
+from . import harness, model
 from .harness import TEST_RUN_IFINDEX, check_case, prog_test_run, run
-from .packets import A1, A2, B1, GW_A_MAC, TC_CASES, frame, params, standard
+from .packets import (A1, A2, B1, GW_A_MAC, OUTSIDE_IP, TC_CASES, frame, params, standard, with_net_info,
+                      with_variants)
 
 pytestmark = pytest.mark.root
 
 
-@pytest.mark.parametrize("case", params(TC_CASES))
-def test_tc_from_endpoint(case, maps, tc_fd):
+def check_nat_effects(case, maps, scratch):
+    """After check_case: the NAT counters that moved, whether the new-flow stages ran (nat_scratch,
+    see conftest.Scratch) and the conntrack keys, as the model predicts them."""
+    if case.expected_errno is not None:
+        assert maps.nat_counter_table() == {} and not scratch.route_stage_ran()
+        return
+    st = model.state_of(case.setup)
+    want = model.tc_model(case.build(), st).nat
+    assert maps.nat_counter_table() == want.counters, f"{case.id}: nat counters"
+    assert scratch.route_stage_ran() == want.stages, (
+        f"{case.id}: the tail-called stages {'did not run' if want.stages else 'ran'}")
+    assert set(maps.ct_table()) == set(st.ct()), f"{case.id}: conntrack entries changed"
+
+
+@pytest.mark.parametrize("case", params(with_variants(TC_CASES)))
+def test_tc_from_endpoint(case, maps, tc_fd, scratch):
     check_case(case, maps, tc_fd, stats_ifindex=TEST_RUN_IFINDEX)
+    check_nat_effects(case, maps, scratch)
+
+
+def test_net_info_variants_exercise_the_stages():
+    """The net_info variants are not vacuous: the model sends the routed ones (to the gateway
+    MAC, TCP/UDP/ICMP echo, not a later fragment) through the stages, and the rest not."""
+    cases = [c for c in with_variants(TC_CASES) if c.id.endswith("+net_info") and c.expected_errno is None]
+    staged = {c.id for c in cases if model.tc_model(c.build(), model.state_of(c.setup)).nat.stages}
+    assert {"to-unknown-ip+net_info", "cross-network-via-gateway-mac+net_info", "to-gateway-ip+net_info",
+            "icmp-echo-to-outside+net_info", "fragment-mf-cross-network+net_info",
+            "same-network-via-gateway-mac+net_info"} <= staged
+    assert not staged & {"unicast-same-network+net_info", "cross-network+net_info", "gre-to-outside+net_info",
+                         "icmp-error-to-outside+net_info", "fragment-offset-cross-network+net_info",
+                         "arp-request+net_info"}
+    assert len(staged) >= 12
+
+
+def test_stages_missing_behave_like_no_nat(maps, bpf_env, scratch):
+    """With nat_tail emptied (a stage missing), nat_ingress's fallback gives the same verdict; the
+    slots are refilled afterwards."""
+    import ctypes
+    from dockline.control.datapath import loader
+    standard(maps)
+    with_net_info(maps)
+    tail = loader.PinnedMap(str(bpf_env.root / "nat_tail"), ctypes.c_uint32, ctypes.c_uint32)
+    try:
+        for slot in loader.NAT_TAIL:
+            tail.delete(slot)
+        pkt = frame(edst=GW_A_MAC, dst=B1.ip)
+        assert run(bpf_env.tc_fd, pkt) == (harness.TC_ACT_SHOT, pkt)
+        assert maps.verdict(Verdict.ISOLATION) == (1, len(pkt))
+        assert not scratch.route_stage_ran()
+    finally:
+        tail.close()
+        bpf_env.programs._fill_tail_calls()
+    pkt = frame(edst=GW_A_MAC, dst=OUTSIDE_IP)
+    assert run(bpf_env.tc_fd, pkt) == (harness.TC_ACT_OK, pkt)
+    assert scratch.route_stage_ran()
 
 
 @pytest.mark.parametrize("case", [c for c in TC_CASES if c.expected_errno is None and not c.bug][:8],
