@@ -140,11 +140,17 @@ static __always_inline void nat_evaluate_from(__u32 pc, const struct nat_match_p
 
 		if (!r)
 			return;
+		/* gotos only go forward (compiler contract); anything else, e.g. the all-zero rules
+		 * before the agent's first apply, ends the evaluation with no translation */
 		if (!rule_matches(r, p)) {
+			if (r->on_miss <= pc)
+				return;
 			pc = r->on_miss;
 			continue;
 		}
 		if (r->op == NAT_OP_GOTO) {
+			if (r->on_match <= pc)
+				return;
 			pc = r->on_match;
 			continue;
 		}
