@@ -37,7 +37,7 @@ static __always_inline int sock_evaluate(const struct nat_match_pkt *m, struct n
 	__u32 pc = nat_hook_entry(NAT_HOOK_OUTPUT), resume = 0;
 
 	for (int round = 0; round < NAT_SOCK_LOOKUPS + 1; round++) {
-		nat_evaluate_from(pc, m, d, &resume);
+		nat_evaluate_from(pc, m, d, &resume, NAT_SOCK_STEPS);
 		if (d->op != NAT_OP_LOOKUP)
 			return 1;
 		if (nat_exact_match(d->table, m, d))
@@ -65,12 +65,25 @@ static __always_inline void translate(struct bpf_sock_addr *ctx)
 	m.l4 = 1;
 	m.dst_local = is_local_addr(m.daddr);
 	m.src_local = 1;   /* the host's own socket */
+	/* The source address is not chosen yet at connect(); for the destinations OUTPUT DNAT is
+	 * about (local ones) the kernel will pick: 127.0.0.1 towards loopback, else the local
+	 * destination address itself. Elsewhere it is unknown here (0: -s never matches). */
+	{
+		/* branch-free: a branch here would triple what the verifier explores in the rule loops */
+		__u64 lo = nonzero((m.daddr & bpf_htonl(0xff000000)) ^ bpf_htonl(0x7f000000)) ^ 1;
+		__u64 local = (__u64)m.dst_local & (lo ^ 1);
+		m.saddr = (bpf_htonl(0x7f000001) & (__u32)(0 - lo)) | (m.daddr & (__u32)(0 - local));
+	}
 	if (!sock_evaluate(&m, &d))
 		return;
 	if (d.op == NAT_OP_DNAT) {
 		x.nat_addr = d.to_addr;
 	} else if (d.op == NAT_OP_REDIRECT) {
-		x.nat_addr = bpf_htonl(0x7f000001);   /* locally generated: 127.0.0.1, as iptables does */
+		/* iptables sends locally generated packets to 127.0.0.1 but keeps their source (the
+		 * local address they were sent to); connecting to that local address itself gives the
+		 * server the same peer address */
+		__u32 keep = 0 - (__u32)m.dst_local;     /* branch-free, as above */
+		x.nat_addr = (m.daddr & keep) | (bpf_htonl(0x7f000001) & ~keep);
 	} else {
 		return;
 	}

@@ -89,3 +89,18 @@ int tc_from_endpoint(struct __sk_buff *skb)
 	}
 	return endpoint_finish(skb, self, code);
 }
+
+/* TC egress of the endpoint's host-side veth: what the host stack sends into the endpoint. Only
+ * translations of tracked flows (the host's replies to a REDIRECT or a DNAT to a host address
+ * that came from this endpoint); everything else passes untouched and uncounted. Frames that
+ * bpf_redirect_peer delivers never pass here. */
+int tc_to_endpoint(struct __sk_buff *skb)
+{
+	__u32 code = VERDICT_PASS;
+	int action = nat_egress(skb, 0, &code);
+
+	if (action == NAT_DECLINE)
+		return TC_ACT_OK;
+	count_verdict(code, skb->len);
+	return action;
+}

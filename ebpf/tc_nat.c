@@ -21,6 +21,11 @@
 /* Nothing translates: the entry program's own verdict. */
 static __always_inline int declined(struct __sk_buff *skb, struct nat_scratch *s)
 {
+	if (s->origin == NAT_ORIGIN_LOCAL_OUT) {
+		ct_track_identity(&s->p.key, s->state, s->flags);
+		count_verdict(VERDICT_UPLINK_PASS, skb->len);
+		return TC_ACT_OK;
+	}
 	if (s->origin == NAT_ORIGIN_ENDPOINT) {
 		__u32 ifindex = skb->ifindex;
 		return endpoint_finish(skb, endpoints_by_ifindex.lookup(&ifindex), VERDICT_PASS);
@@ -48,7 +53,7 @@ int tc_nat_eval(struct __sk_buff *skb)
 	if (!s)
 		return TC_ACT_OK;
 	m = s->m;
-	nat_evaluate_from(s->pc, &m, &d, &resume);
+	nat_evaluate_from(s->pc, &m, &d, &resume, MAX_NAT_STEPS);
 	s->d = d;
 	if (d.op == NAT_OP_LOOKUP) {
 		if (nat_exact_match(d.table, &m, &s->d) || s->lookups >= NAT_MAX_LOOKUPS) {
@@ -116,18 +121,11 @@ int tc_nat_route(struct __sk_buff *skb)
 		/* isolation: only a DNATed flow (a published port) may reach another network */
 		if (!(s->kind & CT_K_DNAT) && s->r.net_id != s->net_id)
 			return declined(skb, s);
-		/* a container reaching its own published port: the reply must come back through us,
-		 * so the source becomes its gateway (Docker writes a MASQUERADE rule per port) */
-		if ((s->kind & CT_K_DNAT) && s->td == s->ts) {
-			__u32 iif = s->iif;
-			__be32 *gw = nat_ifaddr.lookup(&iif);
-			if (!gw)
-				return finish(skb, s, DROP_NAT_NO_ADDR, TC_ACT_SHOT);
-			s->ts = *gw;
-			s->kind |= CT_K_SNAT;
-			nat_tail.call(skb, NAT_TAIL_COMMIT);
-			return declined(skb, s);
-		}
+		/* a container reaching its own address through a DNAT: the reply must come back
+		 * through us, so unless POSTROUTING says otherwise its source becomes its gateway
+		 * (Docker writes a MASQUERADE rule per published port for this) */
+		if ((s->kind & CT_K_DNAT) && s->td == s->ts)
+			s->hairpin = 1;
 	}
 	if (!(s->kind & CT_K_LOCAL) && s->r.oif) {
 		s->m.saddr = s->ts;
@@ -176,7 +174,16 @@ int tc_nat_commit(struct __sk_buff *skb)
 			s->ts = s->d.to_addr;
 		}
 		s->kind |= CT_K_SNAT;
-		check_host = is_local_addr(s->ts);
+		/* the host's own socket holds its original tuple: that one is not a collision */
+		check_host = is_local_addr(s->ts) &&
+			     !(s->origin == NAT_ORIGIN_LOCAL_OUT && s->ts == p.key.saddr);
+	} else if (s->hairpin) {
+		__u32 iif = s->iif;
+		__be32 *gw = nat_ifaddr.lookup(&iif);
+		if (!gw)
+			return finish(skb, s, DROP_NAT_NO_ADDR, TC_ACT_SHOT);
+		s->ts = *gw;
+		s->kind |= CT_K_SNAT;
 	}
 	if (!s->kind)
 		return declined(skb, s);

@@ -4,7 +4,9 @@
  *     flows go straight back into their endpoint; new connections to published ports are
  *     judged by PREROUTING (-i is the uplink), DNATed and redirected into the endpoint.
  *   tc_uplink_egress: translations of tracked flows whose packets the host itself sends (the
- *     replies of REDIRECTed connections).
+ *     replies of REDIRECTed connections); the host's own new flows go through POSTROUTING
+ *     (SNAT/MASQUERADE rules for host traffic) and are tracked either way, so that their replies
+ *     are never mistaken for new connections to a published port.
  * Everything else continues untouched. One exit per program counts the verdict.
  */
 #include "lib/common.h"
@@ -27,7 +29,7 @@ int tc_uplink_ingress(struct __sk_buff *skb)
 int tc_uplink_egress(struct __sk_buff *skb)
 {
 	__u32 code = VERDICT_UPLINK_PASS, len = skb->len;
-	int action = nat_egress(skb, &code);
+	int action = nat_egress(skb, 1, &code);
 
 	if (action == NAT_DECLINE)
 		action = TC_ACT_OK;

@@ -255,6 +255,7 @@ class EbpfDatapath(KernelDatapath):
         self.maps["by_ip"].update(S.be32(att.ip), S.IpEndpoint(ifindex=idx, net_id=net_number(net.id),
                                                                mac=S.mac_bytes(att.mac), flags=flags))
         self._tc_filter(idx, att.host_ifname, "tc_from_endpoint", INGRESS)
+        self._tc_filter(idx, att.host_ifname, "tc_to_endpoint", EGRESS)
 
     def remove_attachment(self, net, ep, att):
         flushed = self.gc.flush_address(S.be32(att.ip)) if self.gc else 0

@@ -37,6 +37,7 @@ MAX_NAT_RULES = 1024
 MAX_NAT_STEPS = 256
 NAT_MAX_LOOKUPS = 8
 NAT_SOCK_LOOKUPS = 2
+NAT_SOCK_STEPS = 128                 # OUTPUT is evaluated by the socket programs, with less room
 MAX_PORTS_PER_SIMPLE_RULE = 4096     # a --dport range expands to one exact entry per port
 
 OP_GOTO, OP_ACCEPT, OP_DNAT, OP_SNAT, OP_MASQUERADE, OP_REDIRECT, OP_LOOKUP = range(7)
@@ -375,9 +376,10 @@ class Compiler:
             e = self.prog.entries[hook]
             self.prog.max_steps[hook] = steps[e]
             self.prog.max_lookups[hook] = lookups[e]
-            if steps[e] > MAX_NAT_STEPS:
+            max_steps = NAT_SOCK_STEPS if hook == "OUTPUT" else MAX_NAT_STEPS
+            if steps[e] > max_steps:
                 raise InvalidArgument(f"the nat {hook} rules need {steps[e]} rule visits on one path "
-                                      f"(at most {MAX_NAT_STEPS}; simple DNAT rules count once per run)")
+                                      f"(at most {max_steps}; simple DNAT rules count once per run)")
             limit = NAT_SOCK_LOOKUPS if hook == "OUTPUT" else NAT_MAX_LOOKUPS
             if lookups[e] > limit:
                 raise InvalidArgument(f"the nat {hook} rules need {lookups[e]} separate runs of simple DNAT "

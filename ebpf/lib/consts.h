@@ -25,6 +25,9 @@
 #ifndef NAT_MAX_LOOKUPS
 #define NAT_MAX_LOOKUPS 8          /* exact-match tables one evaluation may consult (tail calls) */
 #endif
+#ifndef NAT_SOCK_STEPS
+#define NAT_SOCK_STEPS 128         /* instruction visits of an OUTPUT evaluation (socket layer) */
+#endif
 #ifndef NAT_SOCK_LOOKUPS
 #define NAT_SOCK_LOOKUPS 2         /* exact-match tables an OUTPUT evaluation may consult (socket layer) */
 #endif

@@ -104,6 +104,36 @@ static __always_inline void ct_refresh(const struct ct_key *k, struct ct_entry *
 	e->state = next;
 }
 
+/* Track a flow that is not translated (kind 0): a connection of the host itself leaving by the
+ * uplink, so that its replies are recognised as replies and never judged by PREROUTING (as
+ * netfilter's conntrack does). Skipped if the reply tuple belongs to another flow. */
+static __always_inline void ct_track_identity(const struct ct_key *k, __u8 state, __u8 flags)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_entry oe = {}, re = {};
+	struct ct_key rk = {};
+
+	ct_key_reverse(&rk, k->saddr, k->daddr, k->sport, k->dport, k->proto);
+	re.to_saddr = rk.saddr;
+	re.to_daddr = rk.daddr;
+	re.to_sport = rk.sport;
+	re.to_dport = rk.dport;
+	re.dir = CT_DIR_REPLY;
+	re.state = state;
+	re.flags = flags;
+	re.expires_ns = now + ct_timeout_ns(k->proto, state);
+	re.twin_checked_ns = now;
+	if (ct.insert(&rk, &re) != 0)
+		return;
+	oe = re;
+	oe.to_saddr = k->saddr;
+	oe.to_daddr = k->daddr;
+	oe.to_sport = k->sport;
+	oe.to_dport = k->dport;
+	oe.dir = CT_DIR_ORIG;
+	ct.insert(k, &oe);
+}
+
 /* Remove both halves of the flow an entry belongs to. */
 static __always_inline void ct_delete_pair(const struct ct_key *k, const struct ct_entry *e)
 {

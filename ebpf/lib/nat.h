@@ -176,8 +176,10 @@ static __always_inline int nat_icmp_error(struct __sk_buff *skb, const struct na
  * because one program holding both evaluations is beyond what the verifier can explore. The
  * stages pass their state in nat_scratch (per CPU; a tail-call chain never changes CPU). */
 
-#define NAT_ORIGIN_ENDPOINT 1
-#define NAT_ORIGIN_UPLINK   2
+#define NAT_ORIGIN_ENDPOINT  1   /* an endpoint's packet (tc_from_endpoint) */
+#define NAT_ORIGIN_UPLINK    2   /* from outside (tc_uplink_ingress) */
+#define NAT_ORIGIN_LOCAL_OUT 3   /* the host's own packet leaving by the uplink (tc_uplink_egress):
+                                  * POSTROUTING only, never redirected */
 
 #define NAT_TAIL_EVAL   0   /* evaluate s->hook for s->m into s->d, then tail-call s->next */
 #define NAT_TAIL_ROUTE  1   /* apply PREROUTING's decision, route, set up POSTROUTING */
@@ -195,6 +197,7 @@ struct nat_scratch {
 	__u32 iif;                /* logical in-interface */
 	__u32 origin;             /* NAT_ORIGIN_*: what to do when nothing translates */
 	__u32 net_id;             /* NAT_ORIGIN_ENDPOINT: the sender's network */
+	__u32 hairpin;            /* an endpoint reaching its own address through a DNAT */
 	__be32 ts, td;       /* the translated tuple so far */
 	__be16 tsp, tdp;
 	__u8 kind;
@@ -241,6 +244,10 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 		nat_count(NAT_C_CT_RESTART);
 		e = NULL;
 	}
+	if (e && !e->kind) {
+		ct_refresh(&p.key, e, &p);      /* a tracked, untranslated flow (the host's own) */
+		return NAT_DECLINE;
+	}
 	if (e) {
 		ts = e->to_saddr;
 		td = e->to_daddr;
@@ -268,6 +275,7 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 	s->iif = iif;
 	s->origin = origin;
 	s->net_id = net_id;
+	s->hairpin = 0;
 	__builtin_memset(&s->m, 0, sizeof(s->m));
 	if (p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP) {
 		s->m.sport = bpf_ntohs(p.key.sport);
@@ -288,12 +296,18 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 	return NAT_DECLINE;     /* the stage is missing: behave as if nothing translates */
 }
 
-/* Leaving by the uplink: translate tracked flows only (replies the host sends for a REDIRECT or
- * a DNAT to a local address). Never creates a flow. */
-static __always_inline int nat_egress(struct __sk_buff *skb, __u32 *code)
+/* Leaving by an interface: tracked flows are translated (replies the host sends for a REDIRECT
+ * or a DNAT to a local address). With local_out (the uplink), a packet the host itself sends
+ * that belongs to no flow starts one: POSTROUTING judges it in the tail-called stages (SNAT,
+ * MASQUERADE), and an untranslated one is tracked so that its replies skip PREROUTING. */
+static __always_inline int nat_egress(struct __sk_buff *skb, int local_out, __u32 *code)
 {
+	__u32 ifindex = skb->ifindex, from = skb->ingress_ifindex;   /* read once: clang may
+	                                                              * otherwise keep a modified ctx
+	                                                              * pointer, which the verifier refuses */
 	struct nat_pkt p = {};
 	enum nat_parse_result pr = nat_parse(skb, &p);
+	struct nat_scratch *s;
 	struct ct_entry *e;
 	__be32 ts, td;
 	__be16 tsp, tdp;
@@ -305,8 +319,55 @@ static __always_inline int nat_egress(struct __sk_buff *skb, __u32 *code)
 	if ((!p.has_l4 || p.first_frag) && nat_frag_ports(&p) < 0)
 		return NAT_DECLINE;
 	e = ct.lookup(&p.key);
-	if (!e)
+	if (!e) {
+		/* ingress_ifindex 0: made by this host, not forwarded (our redirects keep theirs) */
+		if (!local_out || from || !p.has_l4 || !is_local_addr(p.key.saddr))
+			return NAT_DECLINE;
+		s = scratch();
+		if (!s)
+			return NAT_DECLINE;
+		s->p = p;
+		s->iif = 0;
+		s->origin = NAT_ORIGIN_LOCAL_OUT;
+		s->net_id = 0;
+		s->hairpin = 0;
+		s->ts = p.key.saddr;
+		s->td = p.key.daddr;
+		s->tsp = p.key.sport;
+		s->tdp = p.key.dport;
+		s->kind = 0;
+		s->state = CT_ST_NEW;
+		s->flags = 0;
+		if (p.key.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN)) {
+			s->state = CT_ST_ESTABLISHED;
+			s->flags = CT_F_LOOSE;
+		}
+		__builtin_memset(&s->r, 0, sizeof(s->r));
+		s->r.kind = ROUTE_STACK;
+		s->r.oif = ifindex;
+		__builtin_memset(&s->m, 0, sizeof(s->m));
+		s->m.l4 = p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP;
+		if (s->m.l4) {
+			s->m.sport = bpf_ntohs(p.key.sport);
+			s->m.dport = bpf_ntohs(p.key.dport);
+		}
+		s->m.saddr = p.key.saddr;
+		s->m.daddr = p.key.daddr;
+		s->m.oif = ifindex;
+		s->m.proto = p.key.proto;
+		s->m.src_local = 1;
+		s->m.dst_local = is_local_addr(p.key.daddr);
+		s->hook = NAT_HOOK_POSTROUTING;
+		s->pc = nat_hook_entry(NAT_HOOK_POSTROUTING);
+		s->lookups = 0;
+		s->next = NAT_TAIL_COMMIT;
+		nat_tail.call(skb, NAT_TAIL_EVAL);
 		return NAT_DECLINE;
+	}
+	if (!e->kind) {
+		ct_refresh(&p.key, e, &p);
+		return NAT_DECLINE;
+	}
 	ts = e->to_saddr;
 	td = e->to_daddr;
 	tsp = e->to_sport;

@@ -131,10 +131,10 @@ static __always_inline __u32 nat_hook_entry(__u32 hook)
  * and *resume where to go on if the table has no entry. The caller does the lookup outside this
  * loop, so the loop body stays small enough for the verifier at MAX_NAT_STEPS. */
 static __always_inline void nat_evaluate_from(__u32 pc, const struct nat_match_pkt *p,
-					      struct nat_decision *d, __u32 *resume)
+					      struct nat_decision *d, __u32 *resume, const int max_steps)
 {
 	d->op = NAT_OP_ACCEPT;
-	for (int i = 0; i < MAX_NAT_STEPS; i++) {
+	for (int i = 0; i < max_steps; i++) {
 		__u32 k = pc;
 		struct nat_rule *r = nat_rules.lookup(&k);
 

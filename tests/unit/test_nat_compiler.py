@@ -263,7 +263,7 @@ def test_constants_match_the_c_headers():
     def define(text, name):
         return int(re.search(rf"#define\s+{name}\s+(\w+)", text).group(1), 0)
 
-    for name in ("MAX_NAT_RULES", "MAX_NAT_STEPS", "NAT_MAX_LOOKUPS", "NAT_SOCK_LOOKUPS"):
+    for name in ("MAX_NAT_RULES", "MAX_NAT_STEPS", "NAT_MAX_LOOKUPS", "NAT_SOCK_LOOKUPS", "NAT_SOCK_STEPS"):
         assert define(consts, name) == getattr(C, name), name
     ops = {"GOTO": C.OP_GOTO, "ACCEPT": C.OP_ACCEPT, "DNAT": C.OP_DNAT, "SNAT": C.OP_SNAT,
            "MASQUERADE": C.OP_MASQUERADE, "REDIRECT": C.OP_REDIRECT, "LOOKUP": C.OP_LOOKUP}
