@@ -47,7 +47,7 @@ static __always_inline int sock_evaluate(const struct nat_match_pkt *m, struct n
 	return 0;
 }
 
-static __always_inline void translate(struct bpf_sock_addr *ctx)
+static __always_inline void translate(struct bpf_sock_addr *ctx, const int connect)
 {
 	struct nat_match_pkt m = {};
 	struct nat_decision d = {};
@@ -79,11 +79,19 @@ static __always_inline void translate(struct bpf_sock_addr *ctx)
 	if (d.op == NAT_OP_DNAT) {
 		x.nat_addr = d.to_addr;
 	} else if (d.op == NAT_OP_REDIRECT) {
-		/* iptables sends locally generated packets to 127.0.0.1 but keeps their source (the
-		 * local address they were sent to); connecting to that local address itself gives the
-		 * server the same peer address */
-		__u32 keep = 0 - (__u32)m.dst_local;     /* branch-free, as above */
-		x.nat_addr = (m.daddr & keep) | (bpf_htonl(0x7f000001) & ~keep);
+		/* iptables sends locally generated packets to 127.0.0.1 and keeps their source: the
+		 * local address they were addressed to (unless that was loopback already) */
+		x.nat_addr = bpf_htonl(0x7f000001);
+		if (m.dst_local && m.saddr == m.daddr) {
+			if (connect) {
+				struct sockaddr_in sa = {};
+				sa.sin_family = 2;    /* AF_INET; port 0: the kernel picks one */
+				sa.sin_addr.s_addr = m.daddr;
+				bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));   /* fails if bound: fine */
+			} else {
+				ctx->msg_src_ip4 = m.daddr;
+			}
+		}
 	} else {
 		return;
 	}
@@ -115,13 +123,13 @@ static __always_inline void reverse(struct bpf_sock_addr *ctx)
 
 int sock_connect4(struct bpf_sock_addr *ctx)
 {
-	translate(ctx);
+	translate(ctx, 1);
 	return 1;
 }
 
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	translate(ctx);
+	translate(ctx, 0);
 	return 1;
 }
 

@@ -158,12 +158,41 @@ def test_world_a_mirrors_dockline_control_plane(worlds):
         assert rule in saved, f"world A lacks {rule!r}:\n{saved}"
 
 
+#: Flows where dockline deliberately differs from iptables, with the reason (README: eBPF NAT).
+#: Keyed by (rule set, kind, src, dst, dport). They must still differ: if one starts matching,
+#: the entry goes (and the README with it).
+DEVIATIONS = {
+    ("edges", "tcp", "c1", "host_ip", 8086):
+        "a container reaching its own address through a DNAT is SNATed to its gateway by the datapath "
+        "(iptables needs a MASQUERADE rule per port, without one the connection times out)",
+    ("edges", "tcp", "host", "host_ip", 7778):
+        "OUTPUT REDIRECT of a socket already bound to a port (these flows bind their source port): "
+        "the socket layer sends it to 127.0.0.1, so its source becomes 127.0.0.1; iptables keeps "
+        "198.18.0.1 (an unbound socket is bound to the original address first and matches)",
+    ("edges", "tcp", "host", "gateway", 8030):
+        "traffic that never leaves the host (loopback) is not NATed by dockline; iptables applies "
+        "POSTROUTING MASQUERADE rules to it",
+    ("edges", "tcp", "c2", "c1", 81):
+        "frames between two endpoints of one bridge are never NATed (no bridge-netfilter semantics); "
+        "iptables with br_netfilter applies POSTROUTING to them",
+}
+
+
+def _deviation(name, f):
+    return DEVIATIONS.get((name, f.kind, f.src, f.dst, f.dport))
+
+
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_rule_set_matches_iptables(worlds, name):
     text, flows = CORPUS[name]
     worlds.load(text)
     started = time.monotonic()
     ra, rb, mismatches = worlds.run(flows)
+    expected = {f.fid for f in flows if _deviation(name, f)}
+    differing = {m.flow.fid for m in mismatches}
+    assert expected <= differing, (f"documented deviations now match iptables: "
+                                   f"{[str(f) for f in flows if f.fid in expected - differing]}")
+    mismatches = [m for m in mismatches if m.flow.fid not in expected]
     report = W.table(f"rule set {name}: {len(flows)} flows in {time.monotonic() - started:.1f}s, "
                      f"{len({m.flow.fid for m in mismatches})} differ", flows, ra, rb, mismatches)
     print(report)
