@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import logging
 import pathlib
-import time
 
 from .simhost import HOST_IP, OUTSIDE_IP
 from .targets import (FILLER_BASE, PUBLISHED_CTR_PORT, PUBLISHED_HOST_PORT, DocklineTarget, Endpoints, Target,
-                      _count_procs, pss_kib, rss_kib, slab_kib)
+                      pss_kib, rss_kib)
 
 log = logging.getLogger("dockline.bench")
 
@@ -69,26 +68,24 @@ class DockerTarget(Target):
         return Endpoints(self.dh.out_ns_path, self.pub["netns_path"], HOST_IP, PUBLISHED_HOST_PORT)
 
     def publish_cost(self, n):
+        """bench/publishing.py with Docker's containers. Docker's memory is dockerd's RSS plus the
+        PSS of its docker-proxy processes (PSS: their shared pages are not counted once each)."""
+        from . import publishing
         n = min(n, DOCKER_MAX_MAPPINGS)
+        self.dh.rm("pub", "filler")   # ~2,000 docker-proxy processes: free them (pid_max) first
+        self._mappings = None
         daemon = self.dh.proc.pid
-        self.dh.rm("cost", "cost1")
-        rss0, slab0, procs0 = rss_kib(daemon), slab_kib(), _count_procs()
-        t0 = time.perf_counter()
-        self.dh.run_container("cost", ports=[f"30000-{30000 + n - 1}:30000-{30000 + n - 1}"])
-        t_bulk = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.dh.run_container("cost1", ports=["45000:80"])
-        t_one = time.perf_counter() - t0
-        proxies = sum(pss_kib(p) for p in _pids_named("docker-proxy"))
-        rss1, slab1, procs1 = rss_kib(daemon), slab_kib(), _count_procs()
-        self.dh.rm("cost1")
-        t0 = time.perf_counter()
-        self.dh.run_container("cost1")
-        t_bare = time.perf_counter() - t0
-        self.dh.rm("cost", "cost1")
-        return {"ports": n, "bulk_s": t_bulk, "one_more_s": t_one, "endpoint_without_ports_s": t_bare,
-                "agent_rss_delta_mib": (rss1 - rss0 + proxies) / 1024, "slab_delta_mib": (slab1 - slab0) / 1024,
-                "extra_processes": procs1 - procs0}
+
+        def create(name, ports):
+            self.dh.run_container(name, ports=ports)
+
+        def memory():   # only this engine's docker-proxy processes, not another Docker's on the machine
+            ours = set(self.dh.our_pids())
+            return rss_kib(daemon) + sum(pss_kib(p) for p in _pids_named("docker-proxy") if p in ours)
+
+        return publishing.measure(n, publishing.Callbacks(
+            create=create, remove=lambda *names: self.dh.rm(*names), memory_kib=memory,
+            owned_pids=lambda: set(self.dh.our_pids())))
 
 
 def _pids_named(comm: str) -> list[int]:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import gate, report
-from .runner import QUICK_METRICS, Run, Settings, default_targets
+from .runner import QUICK_METRICS, Run, Settings, default_targets, known_metric_ids
 
 
 def usable_candidates() -> list[str]:
@@ -24,6 +24,10 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
               check: str | None = None, tolerance: float | None = None, write_baseline: str | None = None,
               inject_slowdown: float = 0.0, as_json: bool = False) -> int:
     console = Console(stderr=True)
+    unknown = sorted(set(metrics or ()) - set(known_metric_ids()))
+    if unknown:   # a typo must not quietly measure nothing
+        console.print(f"[red]unknown metric(s): {', '.join(unknown)}; known: {', '.join(known_metric_ids())}[/]")
+        return 2
     settings = Settings(rounds=rounds or (3 if quick else 5), duration=duration or (1.0 if quick else 3.0),
                         metric_ids=tuple(metrics or (QUICK_METRICS if quick else ())),
                         inject_slowdown=inject_slowdown)

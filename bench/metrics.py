@@ -118,8 +118,13 @@ def request_response(ep: Endpoints, duration: float = 3.0, size: int = 1) -> dic
 
 
 def connect_rate(ep: Endpoints, duration: float = 3.0) -> dict:
-    """connect, 1-byte request, 1-byte reply, close: connections/s."""
-    return _loadgen_pair(ep, "crr-server", "crr-client", CRR_PORT, duration)
+    """connect, 1-byte request, 1-byte reply, close: connections/s. A run in which no connection
+    completed is an error (the round becomes NaN with the client's last error), not a rate of 0."""
+    out = _loadgen_pair(ep, "crr-server", "crr-client", CRR_PORT, duration)
+    if not out.get("connections"):
+        raise RuntimeError(f"no connection completed to {ep.dial_ip}:{ep.dial_port or CRR_PORT} in {duration} s: "
+                           f"{out.get('errors')} errors, last: {out.get('last_error')}")
+    return out
 
 
 def udp_rate(ep: Endpoints, duration: float = 3.0, size: int = 18) -> dict:

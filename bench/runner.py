@@ -44,7 +44,7 @@ def _tput(streams):
 def _crr_metric(m: int) -> Metric:
     return Metric(f"crr_published_{m}", f"new TCP connections/s to a published port, {m} mappings",
                   "published", "conn/s", metrics.connect_rate, lambda r: r["cps"], mappings=m,
-                  extras={"p99_us": lambda r: r["p99_us"]})
+                  extras={"p99_us": lambda r: r["p99_us"], "errors": lambda r: r.get("errors", 0)})
 
 
 def all_metrics() -> list[Metric]:
@@ -62,12 +62,22 @@ def all_metrics() -> list[Metric]:
                lambda r: r["received"]["pps"], extras={"sent_pps": lambda r: r["sent"]["pps"]}, ceiling=True),
         Metric("tcp_egress", "TCP throughput, container -> outside (masquerade)", "egress", "Gbit/s", _tput(1),
                lambda r: r["gbit_s"]),
-        _crr_metric(1), _crr_metric(1000), _crr_metric(10000),
+        *(_crr_metric(m) for m in CRR_MAPPINGS),
     ]
 
 
-#: "prog_cost" is not a Metric: it is measured once per run under BPF_PROG_TEST_RUN (P9).
+#: The connection-rate curve against the number of published ports (P3). A full run measures
+#: all of them; --quick only crr_published_1.
+CRR_MAPPINGS = (1, 100, 1000, 3000, 10000)
+#: Measured once per run, not per round, so they are not Metrics: "prog_cost" under
+#: BPF_PROG_TEST_RUN (P9), "publish_cost" by publishing ports on each target (P4). Either can be
+#: asked for with --metric like a Metric.
+ONCE_PER_RUN = ("prog_cost", "publish_cost")
 QUICK_METRICS = ("rr", "crr_published_1", "udp_pps", "tcp_1", "prog_cost")
+
+
+def known_metric_ids() -> list[str]:
+    return [m.id for m in all_metrics()] + list(ONCE_PER_RUN)
 
 
 @dataclass
@@ -88,10 +98,15 @@ def machine_info() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
+        # uncommitted edits outside bench/ change what is measured: name them (read-only git)
+        dirty = [line[3:] for line in subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+            cwd=Path(__file__).parent.parent).stdout.splitlines() if not line[3:].startswith("bench/")]
     except OSError:
-        commit = ""
+        commit, dirty = "", []
     return {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "commit": commit, "uncommitted": dirty,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 def ratio_stats(per_round: list[float]) -> dict:
@@ -124,6 +139,7 @@ class Run:
         return [m for m in all_metrics() if not ids or m.id in ids]
 
     def execute(self) -> dict:
+        self.results["meta"]["loadavg_start"] = os.getloadavg()   # others' work on the machine shows here
         tmp = Path(tempfile.mkdtemp(prefix="dockline-bench-"))
         built = []
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -136,6 +152,23 @@ class Run:
                     t.build(tmp)
                     self.results["targets"][t.name] = {"kind": t.kind, "description": t.describe()}
                     progress.advance(task)
+                if self.settings.publish_cost_ports and (
+                        not self.settings.metric_ids or "publish_cost" in self.settings.metric_ids):
+                    # first, on freshly started agents/daemons: no earlier topology is still
+                    # being freed while memory is sampled
+                    task = progress.add_task(f"publishing {self.settings.publish_cost_ports} ports",
+                                             total=len(self.targets))
+                    for t in self.targets:
+                        progress.update(task, description=f"publishing {self.settings.publish_cost_ports} ports "
+                                                          f"on {t.name}")
+                        try:
+                            cost = t.publish_cost(self.settings.publish_cost_ports)
+                        except Exception as e:   # recorded, never hidden
+                            self.results.setdefault("publish_cost_errors", {})[t.name] = repr(e)
+                            cost = None
+                        if cost:
+                            self.results["publish_cost"][t.name] = cost
+                        progress.advance(task)
                 if self.settings.inject_slowdown:
                     self._inject(self.settings.inject_slowdown)
                 mets = self.selected()
@@ -147,18 +180,15 @@ class Run:
                         not self.settings.metric_ids or "prog_cost" in self.settings.metric_ids):
                     progress.update(task, description="per-program cost (BPF_PROG_TEST_RUN)")
                     self._prog_cost()
-                if self.settings.publish_cost_ports and not self.settings.metric_ids:
-                    progress.update(task, description=f"publishing {self.settings.publish_cost_ports} ports")
-                    for t in self.targets:
-                        cost = t.publish_cost(self.settings.publish_cost_ports)
-                        if cost:
-                            self.results["publish_cost"][t.name] = cost
             finally:
                 cleanup = progress.add_task("removing topologies", total=len(built))
                 for t in reversed(built):
                     t.teardown()
                     progress.advance(cleanup)
+        self.results["meta"]["loadavg_end"] = os.getloadavg()
         self._ratios()
+        from .design import check
+        self.results["design_targets"] = check(self.results)
         return self.results
 
     def _prog_cost(self):

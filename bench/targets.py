@@ -16,9 +16,9 @@ from __future__ import annotations
 import abc
 import os
 import pathlib
-import time
 from dataclasses import dataclass
 
+from ..control.config import BPF_ROOT
 from ..control.netlink import netns
 from .simhost import HOST_IP, OUTSIDE_IP, SimHost
 
@@ -58,12 +58,25 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def slab_kib() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("Slab:"):
-                return int(line.split()[1])
-    return 0
+def bpf_maps_kib(pin_dir: str) -> int:
+    """Kernel memory of the BPF maps pinned under ``pin_dir`` (the ``memlock`` line of each
+    map's fdinfo; for a hash map without preallocation it follows the entries in it)."""
+    from ..control.datapath.loader import obj_get
+    total = 0
+    for root, _, files in os.walk(pin_dir):
+        for f in files:
+            try:
+                fd = obj_get(os.path.join(root, f))
+            except Exception:
+                continue
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as info:
+                    fields = dict(line.split(":", 1) for line in info if ":" in line)
+                if "map_type" in fields:
+                    total += int(fields.get("memlock", "0").strip()) // 1024
+            finally:
+                os.close(fd)
+    return total
 
 
 class Target(abc.ABC):
@@ -156,9 +169,7 @@ class DocklineTarget(Target):
 
     def published(self, mappings):
         if self._mappings != mappings:
-            for ep in ("pub", "filler"):
-                if any(e["name"] == ep for e in self.host.call("ps")):
-                    self.host.call("endpoint_rm", ref=ep)
+            self._reset_published()
             if mappings > 1:   # filler mappings come first, so the measured rule is the last one
                 last = FILLER_BASE + mappings - 2
                 self.host.call("endpoint_create", name="filler", network="bench",
@@ -172,32 +183,38 @@ class DocklineTarget(Target):
         return Endpoints(netns.netns_path(self.host.out_ns), self._ns("pub"), HOST_IP, PUBLISHED_HOST_PORT)
 
     def publish_cost(self, n):
-        """Time and memory to publish ``n`` ports on one endpoint, then one more port."""
+        """Time, memory and processes to publish ``n`` ports on one endpoint, then one more
+        (bench/publishing.py). A published topology of the CRR metrics is removed first, so the
+        cost is measured on a host with nothing else published."""
+        from . import publishing
+        self._reset_published()
         agent = self.host.agent.pid
-        for ep in ("cost", "cost1"):
+        host_ns = netns.netns_path(self.host.host_ns)
+        bpf_dir = os.path.join(BPF_ROOT, self.host.name)
+
+        def create(name, ports):
+            self.host.call("endpoint_create", name=name, network="bench", **({"ports": ports} if ports else {}))
+
+        def remove(*names):
+            have = {e["name"] for e in self.host.call("ps")}
+            for name in names:
+                if name in have:
+                    self.host.call("endpoint_rm", ref=name)
+
+        def owned():
+            table = publishing.process_table()
+            return publishing.descendants(table, [agent]) | publishing.net_ns_members(host_ns)
+
+        return publishing.measure(n, publishing.Callbacks(
+            create=create, remove=remove, memory_kib=lambda: rss_kib(agent), owned_pids=owned,
+            extra_kib=lambda: {"bpf_maps_memlock": bpf_maps_kib(bpf_dir)} if os.path.isdir(bpf_dir) else {},
+            last_apply=lambda: self.host.call("info")["datapath"].get("nat")))
+
+    def _reset_published(self):
+        for ep in ("pub", "filler"):
             if any(e["name"] == ep for e in self.host.call("ps")):
                 self.host.call("endpoint_rm", ref=ep)
-        self.host.call("endpoint_create", name="cost", network="bench")
-        self.host.call("endpoint_rm", ref="cost")
-        rss0, slab0, procs0 = rss_kib(agent), slab_kib(), _count_procs()
-        t0 = time.perf_counter()
-        self.host.call("endpoint_create", name="cost", network="bench",
-                       ports=[f"30000-{30000 + n - 1}:30000-{30000 + n - 1}"])
-        t_bulk = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.host.call("endpoint_create", name="cost1", network="bench", ports=["45000:80"])
-        t_one = time.perf_counter() - t0
-        rss1, slab1, procs1 = rss_kib(agent), slab_kib(), _count_procs()
-        # the endpoint itself (netns, veth) costs time too: measure an endpoint with no ports
-        self.host.call("endpoint_rm", ref="cost1")
-        t0 = time.perf_counter()
-        self.host.call("endpoint_create", name="cost1", network="bench")
-        t_bare = time.perf_counter() - t0
-        for ep in ("cost", "cost1"):
-            self.host.call("endpoint_rm", ref=ep)
-        return {"ports": n, "bulk_s": t_bulk, "one_more_s": t_one, "endpoint_without_ports_s": t_bare,
-                "agent_rss_delta_mib": (rss1 - rss0) / 1024, "slab_delta_mib": (slab1 - slab0) / 1024,
-                "extra_processes": procs1 - procs0}
+        self._mappings = None
 
     def server_veths(self):
         """(host netns path, host-side veth) of every server endpoint, for fault injection."""
@@ -207,7 +224,3 @@ class DocklineTarget(Target):
                 veth = self.host.call("inspect", ref=e["name"])["networks"]["bench"]["host_ifname"]
                 out.append((netns.netns_path(self.host.host_ns), veth))
         return out
-
-
-def _count_procs() -> int:
-    return sum(1 for p in os.listdir("/proc") if p.isdigit())
