@@ -237,23 +237,7 @@ class Compiler:
         run: dict[tuple, ExactValue] | None = None
         run_table = 0
         if chain in self.managed:
-            # a managed chain always has its lookup, even empty: publishing the first port then
-            # only writes hash entries (the instruction sequence stays the same)
-            run, run_table = {}, self.next_table
-            self.next_table += 1
-            self._emit(Instruction(op=OP_LOOKUP, table=run_table, origin=f"{chain} (published ports)"))
-            self.prog.managed_tables.setdefault(chain, []).append(run_table)
-        for entry in self.managed.get(chain, ()):
-            if run is not None and not self._fits(run, [entry]):
-                run = None
-            if run is None:
-                run, run_table = {}, self.next_table
-                self.next_table += 1
-                self._emit(Instruction(op=OP_LOOKUP, table=run_table, origin=f"{chain} (published ports)"))
-                self.prog.managed_tables.setdefault(chain, []).append(run_table)
-            daddr, port, proto, val = entry
-            run[(daddr, port, proto)] = val
-            self.prog.exact[ExactKey(run_table, daddr, port, proto)] = val
+            self._emit_managed(chain)
         for n, r in enumerate(self.rs.chains[chain], 1):
             origin = f"{chain}#{n}"
             if self._simple(r):
@@ -272,6 +256,31 @@ class Compiler:
             run = None
             self.emit_rule(r, origin, builtin, returns)
         return returns
+
+    def _emit_managed(self, chain: str) -> None:
+        """A managed chain's ready entries: one LOOKUP per run, always at least one (publishing
+        the first port then only writes hash entries). Where the chain is inlined again (it is
+        jumped to from PREROUTING and OUTPUT) the same tables are looked up again: each entry is
+        in the maps once however often the chain is inlined."""
+        if chain in self.prog.managed_tables:
+            for table in self.prog.managed_tables[chain]:
+                self._emit(Instruction(op=OP_LOOKUP, table=table, origin=f"{chain} (published ports)"))
+            return
+        tables = self.prog.managed_tables[chain] = []
+        run: dict | None = None
+        entries = list(self.managed[chain]) or [None]
+        for entry in entries:
+            if run is not None and entry is not None and not self._fits(run, [entry]):
+                run = None
+            if run is None:
+                run, table = {}, self.next_table
+                self.next_table += 1
+                tables.append(table)
+                self._emit(Instruction(op=OP_LOOKUP, table=table, origin=f"{chain} (published ports)"))
+            if entry is not None:
+                daddr, port, proto, val = entry
+                run[(daddr, port, proto)] = val
+                self.prog.exact[ExactKey(tables[-1], daddr, port, proto)] = val
 
     @staticmethod
     def _fits(run: dict, entries) -> bool:

@@ -272,3 +272,18 @@ def test_constants_match_the_c_headers():
     for name in ("NEG_SRC", "NEG_DST", "NEG_SPORT", "NEG_DPORT", "NEG_IIF", "NEG_OIF", "NEG_PROTO", "SRC_LOCAL",
                  "NEG_SRC_LOCAL", "DST_LOCAL", "NEG_DST_LOCAL", "PORTS_REQUIRED"):
         assert define(structs, f"NAT_{name}") == getattr(C, name), name
+
+
+def test_a_managed_chain_inlined_twice_keeps_one_copy_of_its_entries():
+    """Published ports: DOCKLINE is jumped to from PREROUTING and OUTPUT; its 1,000 entries are
+    written once and both hooks find them; an empty managed chain still has its lookup."""
+    rs = Ruleset({"PREROUTING": [Rule(dst_type="LOCAL", target="DOCKLINE")],
+                  "OUTPUT": [Rule(dst_type="LOCAL", target="DOCKLINE")], "DOCKLINE": []})
+    entries = [(C.ANY, 20000 + i, 6, C.ExactValue(ipaddress.IPv4Address("10.0.0.2"), 80)) for i in range(1000)]
+    prog = C.compile_ruleset(rs, IFACES.get, managed={"DOCKLINE": entries})
+    assert len(prog.exact) == 1000 and prog.managed_tables == {"DOCKLINE": [1]}
+    for hook in ("PREROUTING", "OUTPUT"):
+        got = interpreter.run(prog, hook, "198.18.0.2", "198.18.0.1", 6, 1, 20999, is_local=is_local)
+        assert got[0] == C.OP_DNAT and str(got[1]) == "10.0.0.2", hook
+    empty = C.compile_ruleset(rs, IFACES.get, managed={"DOCKLINE": []})
+    assert sum(i.op == C.OP_LOOKUP for i in empty.instructions) == 2 and not empty.exact
