@@ -593,7 +593,7 @@ class Engine:
             if _is_listing(argv):
                 from .datapath.ebpf import merged_ruleset
                 state = self.state()
-                rs, entries = merged_ruleset(state, state.nat_rules)
+                rs, _ = merged_ruleset(state, state.nat_rules)
                 rs.chains["DOCKLINE"] = self._published_rules(state)
                 _, out = apply(rs, argv)
                 return {"output": out}

@@ -60,12 +60,13 @@ def net_number(net_id: str) -> int:
     return (zlib.crc32(net_id.encode()) & 0x7FFFFFFF) or 1
 
 
-def control_plane_rules(state) -> tuple[Ruleset, list]:
+def control_plane_rules(state) -> tuple[Ruleset, dict]:
     """The control plane's own nat rules, Docker's shapes (userland proxy off), as a Ruleset with
-    the jumps and masquerade rules, plus the published ports as ready exact entries for chain
-    DOCKLINE (``(daddr, port, proto, ExactValue)``): thousands of ports never become Rule objects
-    on the way to the maps. A container reaching its own published port is SNATed to its gateway
-    by the datapath itself (the hairpin rule Docker writes per port)."""
+    the jumps and masquerade rules, plus the published ports for chain DOCKLINE as plain
+    ``{(host_ip, host_port, proto number): (container ip, container port)}``: thousands of ports
+    never become Rule objects, and comparing two such dicts is cheap. A container reaching its
+    own published port is SNATed to its gateway by the datapath itself (the hairpin rule Docker
+    writes per port)."""
     rs = Ruleset()
     rs.chains["DOCKLINE"] = []
     rs.chains["DOCKLINE-POSTROUTING"] = []
@@ -76,26 +77,30 @@ def control_plane_rules(state) -> tuple[Ruleset, list]:
         if n.driver == "bridge" and not n.internal:
             rs.chains["DOCKLINE-POSTROUTING"].append(
                 Rule(src=ipaddress.IPv4Network(n.subnet), out_iface=n.bridge, out_neg=True, target="MASQUERADE"))
-    entries = []
+    published = {}
     for pm in state.ports:
         target = state.port_target(pm)
-        if target is None:
-            continue
-        daddr = nat_compiler.ANY if pm.host_ip == "0.0.0.0" else _ip(pm.host_ip)
-        entries.append((daddr, pm.host_port, 6 if pm.proto == "tcp" else 17,
-                        nat_compiler.ExactValue(_ip(target.ip), pm.container_port)))
-    return rs, entries
+        if target is not None:
+            published[(pm.host_ip, pm.host_port, 6 if pm.proto == "tcp" else 17)] = (target.ip, pm.container_port)
+    return rs, published
 
 
-def merged_ruleset(state, user_text: str) -> tuple[Ruleset, list]:
+def exact_entry(key, value) -> tuple:
+    """A published port as the compiler's (daddr, port, proto, ExactValue)."""
+    host_ip, port, proto = key
+    daddr = nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip)
+    return (daddr, port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1]))
+
+
+def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
     """Control-plane chains first (their jumps lead each built-in chain), then the user's rules."""
-    rs, entries = control_plane_rules(state)
+    rs, published = control_plane_rules(state)
     if user_text:
         user, _ = parse_save(user_text)
         for chain, rules in user.chains.items():
             rs.chains.setdefault(chain, [])
             rs.chains[chain].extend(rules)
-    return rs, entries
+    return rs, published
 
 
 def _iface_names(rs: Ruleset) -> set[str]:
@@ -295,14 +300,16 @@ class EbpfDatapath(KernelDatapath):
         return result
 
     def _apply_nat(self, state) -> dict:
-        rs, entries = merged_ruleset(state, getattr(state, "nat_rules", ""))
+        rs, published = merged_ruleset(state, getattr(state, "nat_rules", ""))
         fingerprint = (rs.save(), tuple(sorted((n, links.link_index(self.ipr, n)) for n in _iface_names(rs))))
-        managed = {(d, p, pr): v for d, p, pr, v in entries}
         last = self._last_compile
-        if (last and last["fingerprint"] == fingerprint and len(managed) == len(entries)
+        if (last and last["fingerprint"] == fingerprint
                 and self.nat.live_config().generation == last["generation"]):
-            self.last_nat_apply = self.nat.apply_managed_delta(last["tables"], last["managed"], managed)
-            last["managed"] = managed
+            old = last["published"]
+            changes = [(exact_entry(k, v)[:3], exact_entry(k, v)[3]) for k, v in published.items() if old.get(k) != v]
+            changes += [(exact_entry(k, v)[:3], None) for k, v in old.items() if k not in published]
+            self.last_nat_apply = self.nat.apply_managed_delta(last["tables"], changes)
+            last["published"] = published
             return self.last_nat_apply
         names = {}
 
@@ -311,26 +318,24 @@ class EbpfDatapath(KernelDatapath):
                 names[name] = links.link_index(self.ipr, name)
             return names[name]
 
-        def compile_with_base(base):
-            return nat_compiler.compile_ruleset(rs, ifindex, base, managed={"DOCKLINE": entries})
-
+        entries = [exact_entry(k, v) for k, v in published.items()]
         progs = []
 
         def compile_and_keep(base):
-            progs.append(compile_with_base(base))
+            progs.append(nat_compiler.compile_ruleset(rs, ifindex, base, managed={"DOCKLINE": entries}))
             return progs[-1]
 
         self.last_nat_apply = self.nat.apply(compile_and_keep, self.cookie, *NAT_PORT_RANGE)
-        self._last_compile = {"fingerprint": fingerprint, "managed": managed,
+        self._last_compile = {"fingerprint": fingerprint, "published": published,
                               "tables": progs[-1].managed_tables.get("DOCKLINE", []),
                               "generation": self.nat.live_config().generation}
         return self.last_nat_apply
 
     def check_nat(self, state) -> None:
         """Raise InvalidArgument if the rules in ``state`` do not compile (nothing is written)."""
-        rs, entries = merged_ruleset(state, getattr(state, "nat_rules", ""))
+        rs, published = merged_ruleset(state, getattr(state, "nat_rules", ""))
         nat_compiler.compile_ruleset(rs, lambda n: links.link_index(self.ipr, n), 1,
-                                     managed={"DOCKLINE": entries})
+                                     managed={"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]})
 
     def _sync_host_addresses(self):
         """nat_ifaddr: every interface's first IPv4 address (MASQUERADE leaving by it, REDIRECT

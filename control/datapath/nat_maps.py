@@ -153,24 +153,23 @@ class NatMaps:
         return {"generation": new, "instructions": len(new_rules), "exact_written": len(new_exact),
                 "exact_removed": removed, "flipped": True}
 
-    def apply_managed_delta(self, tables: list[int], old: dict, new: dict) -> dict:
-        """Publishing or unpublishing ports when nothing else changed: the managed chain's entries
-        (``(daddr, port, proto) -> ExactValue``) change in place in each of its exact tables,
-        one map write per changed entry; no compile, no generation flip."""
+    def apply_managed_delta(self, tables: list[int], changes: list) -> dict:
+        """Publishing or unpublishing ports when nothing else changed: ``changes`` is
+        ``[((daddr, port, proto), ExactValue or None to remove)]``, written in place in each of
+        the managed chain's exact tables, one map operation per change; no compile, no flip."""
         written = removed = 0
         for table in tables:
-            for key, val in new.items():
-                if old.get(key) != val:
-                    k = exact_key_raw(C.ExactKey(table, *key))
+            for key, val in changes:
+                k = exact_key_raw(C.ExactKey(table, *key))
+                if val is None:
+                    self.exact.delete(S.NatExactKey.from_buffer_copy(k))
+                    self._live_exact.pop(k, None)
+                    removed += 1
+                else:
                     v = exact_value_raw(val)
                     self.exact.update(S.NatExactKey.from_buffer_copy(k), S.NatExactVal.from_buffer_copy(v))
                     self._live_exact[k] = v
                     written += 1
-            for key in old.keys() - new.keys():
-                k = exact_key_raw(C.ExactKey(table, *key))
-                self.exact.delete(S.NatExactKey.from_buffer_copy(k))
-                self._live_exact.pop(k, None)
-                removed += 1
         return {"generation": self.live_config().generation, "instructions": len(self._live_rules or []),
                 "exact_written": written, "exact_removed": removed, "flipped": False, "incremental": True}
 
