@@ -150,7 +150,7 @@ class Programs:
         pin_dir.mkdir(parents=True, exist_ok=True)
         for src, fns in PROGRAMS.items():
             try:
-                b = BPF(text=spliced_source(EBPF_DIR / src), cflags=self.all_cflags())
+                b = BPF(text=spliced_source(EBPF_DIR / src).encode(), cflags=self.all_cflags())
             except Exception as e:
                 raise DatapathError(f"compiling {src} failed: {e}") from None
             self._bpf_objects.append(b)
