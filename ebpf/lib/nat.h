@@ -172,6 +172,24 @@ static __always_inline int nat_icmp_error(struct __sk_buff *skb, const struct na
 	return nat_forward(skb, &r, code);
 }
 
+#define NAT_PARSED (-2)    /* nat_parse_tracked: a TCP/UDP/ICMP-echo tuple is in *p */
+
+/* The start every NAT hook shares: parse; an ICMP error about a tracked flow is translated here
+ * (sent on if ``forward``); a later fragment borrows its datagram's ports. Returns NAT_PARSED,
+ * NAT_DECLINE, or the action taken for an ICMP error. */
+static __always_inline int nat_parse_tracked(struct __sk_buff *skb, struct nat_pkt *p, int forward, __u32 *code)
+{
+	enum nat_parse_result pr = nat_parse(skb, p);
+
+	if (pr == NP_ICMP_ERROR)
+		return nat_icmp_error(skb, p, forward, code);
+	if (pr != NP_OK)
+		return NAT_DECLINE;
+	if ((!p->has_l4 || p->first_frag) && nat_frag_ports(p) < 0)
+		return NAT_DECLINE;
+	return NAT_PARSED;
+}
+
 /* ---- new flows: judged in two tail-called stages (ebpf/tc_nat.c), one rule evaluation each,
  * because one program holding both evaluations is beyond what the verifier can explore. The
  * stages pass their state in nat_scratch (per CPU; a tail-call chain never changes CPU). */
@@ -225,18 +243,13 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 	struct nat_route r = {};
 	struct nat_scratch *s;
 	struct ct_entry *e;
-	enum nat_parse_result pr;
 	__be32 ts, td;
 	__be16 tsp, tdp;
+	int rc;
 
-	pr = nat_parse(skb, &p);
-	if (pr == NP_ICMP_ERROR)
-		return nat_icmp_error(skb, &p, 1, code);
-	if (pr != NP_OK)
-		return NAT_DECLINE;
-	if ((!p.has_l4 || p.first_frag) && nat_frag_ports(&p) < 0)
-		return NAT_DECLINE;
-
+	rc = nat_parse_tracked(skb, &p, 1, code);
+	if (rc != NAT_PARSED)
+		return rc;
 	e = ct.lookup(&p.key);
 	if (e && p.key.proto == IPPROTO_TCP && p.has_l4 && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
 	    e->dir == CT_DIR_ORIG && e->state >= CT_ST_FIN) {
@@ -306,18 +319,14 @@ static __always_inline int nat_egress(struct __sk_buff *skb, int local_out, __u3
 	                                                              * otherwise keep a modified ctx
 	                                                              * pointer, which the verifier refuses */
 	struct nat_pkt p = {};
-	enum nat_parse_result pr = nat_parse(skb, &p);
 	struct nat_scratch *s;
 	struct ct_entry *e;
 	__be32 ts, td;
 	__be16 tsp, tdp;
+	int rc = nat_parse_tracked(skb, &p, 0, code);
 
-	if (pr == NP_ICMP_ERROR)
-		return nat_icmp_error(skb, &p, 0, code);
-	if (pr != NP_OK)
-		return NAT_DECLINE;
-	if ((!p.has_l4 || p.first_frag) && nat_frag_ports(&p) < 0)
-		return NAT_DECLINE;
+	if (rc != NAT_PARSED)
+		return rc;
 	e = ct.lookup(&p.key);
 	if (!e) {
 		/* ingress_ifindex 0: made by this host, not forwarded (our redirects keep theirs) */
