@@ -591,10 +591,10 @@ class Engine:
             self._nat_backend()
             user = self._nat_user_ruleset(self.state().nat_rules)
             if _is_listing(argv):
-                from .datapath.ebpf import merged_ruleset
+                from .datapath.ebpf import merged_ruleset, published_as_rules
                 state = self.state()
-                rs, _ = merged_ruleset(state, state.nat_rules)
-                rs.chains["DOCKLINE"] = self._published_rules(state)
+                rs, published = merged_ruleset(state, state.nat_rules)
+                rs.chains["DOCKLINE"] = published_as_rules(published)
                 _, out = apply(rs, argv)
                 return {"output": out}
             from .datapath.ebpf import MANAGED_CHAINS
@@ -606,20 +606,6 @@ class Engine:
             if new.save() != user.save():
                 self._nat_set(new)
             return {"output": out}
-
-    @staticmethod
-    def _published_rules(state):
-        from .nat.rules import PortRange, Rule
-        import ipaddress as _ip
-        rules = []
-        for pm in state.ports:
-            t = state.port_target(pm)
-            if t is None:
-                continue
-            rules.append(Rule(dst=None if pm.host_ip == "0.0.0.0" else _ip.IPv4Network(f"{pm.host_ip}/32"),
-                              proto=pm.proto, dport=PortRange(pm.host_port, pm.host_port), target="DNAT",
-                              to_addr=_ip.IPv4Address(t.ip), to_ports=PortRange(pm.container_port, pm.container_port)))
-        return rules
 
     def nat_import(self, text: str) -> dict:
         """Replace the user's nat table with ``iptables-save`` output (its *nat block)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import shutil
 import time
 import zlib
@@ -30,7 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
 from ..nat.parser import parse_save
-from ..nat.rules import Rule, Ruleset
+from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
 from . import bpf_structs as S
 from . import cgroup_attach, loader
@@ -83,6 +84,15 @@ def control_plane_rules(state) -> tuple[Ruleset, dict]:
         if target is not None:
             published[(pm.host_ip, pm.host_port, 6 if pm.proto == "tcp" else 17)] = (target.ip, pm.container_port)
     return rs, published
+
+
+def published_as_rules(published: dict) -> list[Rule]:
+    """The published ports as the DNAT rules Docker would write (for listings only: the datapath
+    gets them as exact entries, never as Rule objects)."""
+    return [Rule(dst=None if host_ip == "0.0.0.0" else ipaddress.IPv4Network(f"{host_ip}/32"),
+                 proto="tcp" if proto == 6 else "udp", dport=PortRange(port, port), target="DNAT",
+                 to_addr=_ip(ip), to_ports=PortRange(cport, cport))
+            for (host_ip, port, proto), (ip, cport) in published.items()]
 
 
 def exact_entry(key, value) -> tuple:
@@ -173,8 +183,8 @@ class EbpfDatapath(KernelDatapath):
         log.info("socket-layer NAT attached to the cgroup root (host netns cookie %d)", self.cookie)
 
     def teardown_host(self):
-        for up in [self.uplink_xdp] if self.uplink_xdp else []:
-            idx = links.link_index(self.ipr, up)
+        if self.uplink_xdp:
+            idx = links.link_index(self.ipr, self.uplink_xdp)
             if idx is not None:
                 try:
                     self.ipr.link("set", index=idx, xdp_fd=-1)
@@ -407,7 +417,6 @@ class EbpfDatapath(KernelDatapath):
                     try:
                         cgroup_attach.detach(fd, kind)
                     finally:
-                        import os
                         os.close(fd)
 
     # ---------------------------------------------------------------- conntrack
