@@ -9,12 +9,13 @@ removes expired flows; the agent's own chains are listed like Docker's and prote
 """
 
 import json
+import subprocess
 import time
 
 import pytest
 
 from dockline.bench.nstools import Server, open_stream, request
-from dockline.bench.simhost import HOST_IP, OUTSIDE_IP
+from dockline.bench.simhost import DOCKLINE, HOST_IP, OUTSIDE_IP
 
 pytestmark = pytest.mark.root
 
@@ -40,6 +41,12 @@ def nat_host(tmp_path):
 
 def ipt(h, *args):
     return h.cli("iptables", *args)
+
+
+def nat_import(h, text: str):
+    """``dockline nat import -`` with ``text`` on stdin."""
+    return subprocess.run(DOCKLINE + ["--host", h.name, "nat", "import", "-"], input=text, env=h.env,
+                          capture_output=True, text=True, timeout=60)
 
 
 def save(h) -> str:
@@ -75,7 +82,7 @@ def test_generic_rule_with_source_match_and_user_chain(nat_host):
     assert request(h.out_ns, HOST_IP, 9211, timeout=1) is None
 
 
-def test_masquerade_to_ports_and_snat_for_container_egress(nat_host):
+def test_container_egress_is_masqueraded_to_the_uplink_address(nat_host):
     h = nat_host
     out = Server(h.out_ns, 7000)
     try:
@@ -93,10 +100,7 @@ def test_import_then_save_round_trips_and_listing_shows_managed_chains(nat_host)
             f"-A SVC -p udp -m udp --dport 5300 -j DNAT --to-destination {h.web_ip}:53\n"
             f"-A SVC -p tcp -m tcp --dport 9300 -j DNAT --to-destination {h.web_ip}:80\n"
             "COMMIT\n")
-    import subprocess
-    from dockline.bench.simhost import DOCKLINE
-    r = subprocess.run(DOCKLINE + ["--host", h.name, "nat", "import", "-"], input=text, env=h.env,
-                       capture_output=True, text=True, timeout=60)
+    r = nat_import(h, text)
     assert r.returncode == 0, r.stderr
     assert "imported 3 rules in 5 chains" in r.stdout
     assert save(h) == text
@@ -134,10 +138,7 @@ def test_a_rule_set_beyond_the_datapath_limits_is_refused_whole(nat_host):
              ":POSTROUTING ACCEPT [0:0]"]
     lines += [f"-A PREROUTING -s 10.{i // 200}.{i % 200}.0/24 -p tcp -j ACCEPT" for i in range(300)]
     lines.append("COMMIT")
-    import subprocess
-    from dockline.bench.simhost import DOCKLINE
-    r = subprocess.run(DOCKLINE + ["--host", h.name, "nat", "import", "-"], input="\n".join(lines) + "\n",
-                       env=h.env, capture_output=True, text=True, timeout=60)
+    r = nat_import(h, "\n".join(lines) + "\n")
     assert r.returncode == 2 and "rule visits" in r.stderr, r.stderr
     assert save(h) == before
 
