@@ -43,16 +43,6 @@ def _new_id() -> str:
 NAT_RULES_KEY = "nat_rules"
 
 
-def _is_listing(argv: list[str]) -> bool:
-    """-L/-S (also bundled, e.g. -nvL) or their long forms."""
-    for a in argv:
-        if a in ("--list", "--list-rules"):
-            return True
-        if a.startswith("-") and not a.startswith("--") and a[1:].isalpha() and ("L" in a or "S" in a):
-            return True
-    return False
-
-
 class Engine:
     def __init__(self, host: HostConfig, store: Store | None = None, datapath=None, dns=None):
         self.host = host
@@ -586,11 +576,11 @@ class Engine:
     def nat_iptables(self, argv: list[str]) -> dict:
         """One ``iptables -t nat ...`` command on the user's nat table. Listing commands (-L, -S)
         show the control plane's chains too, as iptables would show Docker's."""
-        from .nat.commands import apply
+        from .nat.commands import apply, is_listing
         with self._lock:
             self._nat_backend()
             user = self._nat_user_ruleset(self.state().nat_rules)
-            if _is_listing(argv):
+            if is_listing(argv):
                 from .datapath.ebpf import merged_ruleset, published_as_rules
                 state = self.state()
                 rs, published = merged_ruleset(state, state.nat_rules)

@@ -77,6 +77,14 @@ def apply(ruleset: Ruleset, argv: list[str]) -> tuple[Ruleset, str]:
     return rs, out
 
 
+def is_listing(argv: list[str]) -> bool:
+    """Whether ``argv`` is a -L/-S command (any spelling); False for a line ``apply`` refuses."""
+    try:
+        return _scan(list(argv)).name in ("list", "list-rules")
+    except InvalidArgument:
+        return False
+
+
 # -- scanning the command line ------------------------------------------------------------------
 
 def _names_nat(argv: list[str]) -> bool:

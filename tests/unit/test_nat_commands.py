@@ -386,3 +386,13 @@ def test_corpus_listings_match_real_iptables(name):
     ours = ours_run(CORPUS[name], cmdlines)
     for c, r, o in zip(cmdlines, real, ours):
         assert o == r, c
+
+
+@pytest.mark.parametrize("argv,want", [
+    (["-t", "nat", "-S"], True), (["-t", "nat", "-nvL"], True), (["-t", "nat", "--list-rules", "PREROUTING"], True),
+    (["-t", "nat", "-A", "PREROUTING", "-j", "ACCEPT"], False), (["-t", "nat", "-N", "LS"], False),
+    (["-t", "nat", "-L", "-A", "X"], False),
+])
+def test_is_listing_tells_reads_from_changes(argv, want):
+    from dockline.control.nat.commands import is_listing
+    assert is_listing(argv) is want
