@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ebpf | kernel | auto (default: %(default)s)")
     d.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
-    d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP early drops to this uplink")
+    d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP (early drops, NAT into endpoints) to this uplink even where the probe would keep it at TC (veth); its senders must not use checksum offload")
     d.add_argument("--uplink", action="append", default=[], metavar="IFNAME",
                    help="an interface towards the outside: eBPF NAT (published ports, masquerade) runs on it "
                         "(repeatable)")

@@ -41,7 +41,7 @@ class HostConfig:
     name: str = DEFAULT_HOST
     host_netns: str = ""                 # "" = the agent's own (root) netns
     datapath: str = "auto"
-    uplink_xdp: str = ""                 # uplink device for native XDP early drops ("" = off)
+    uplink_xdp: str = ""                 # uplink to get native XDP even if the probe says TC ("" = none)
     uplinks: list[str] = field(default_factory=list)   # interfaces towards outside: eBPF NAT on them
     ct_gc_interval: float = 10.0         # seconds between conntrack GC runs (eBPF backend)
     metrics_addr: str = ""               # host:port for Prometheus /metrics ("" = off)

@@ -1,214 +1,25 @@
-/* The stages of a new flow's NAT, tail-called (nat_tail) from tc_from_endpoint and
- * tc_uplink_ingress after a conntrack miss (lib/nat.h: nat_ingress):
- *
- *   entry -> tc_nat_eval (PREROUTING) -> tc_nat_route -> tc_nat_eval (POSTROUTING) -> tc_nat_commit
- *
- *   tc_nat_eval    runs the compiled rules of one hook; nothing else, because the verifier must
- *                  follow every exit of the rule loop through whatever comes after it
- *   tc_nat_route   applies DNAT/REDIRECT, routes the translated destination, prepares
- *                  POSTROUTING (skipped for local destinations)
- *   tc_nat_commit  applies SNAT/MASQUERADE, creates both conntrack halves (source-port
- *                  allocation), rewrites and sends. If nothing translates, the packet gets the
- *                  verdict its entry program would have given it.
- * They pass the flow's state in nat_scratch.
+/* The stages of a new flow's NAT at TC (lib/nat_stages.h), tail-called (nat_tail) from
+ * tc_from_endpoint, tc_uplink_ingress and tc_uplink_egress after a conntrack miss.
+ * See lib/nat_stages.h for what each stage does.
  */
 #include "lib/common.h"
 #include "lib/drop_reasons.h"
 #include "lib/maps.h"
 #include "lib/nat.h"
 #include "lib/endpoint.h"
-
-/* Nothing translates: the entry program's own verdict. */
-static __always_inline int declined(struct __sk_buff *skb, struct nat_scratch *s)
-{
-	if (s->origin == NAT_ORIGIN_LOCAL_OUT) {
-		ct_track_identity(&s->p.key, s->state, s->flags);
-		count_verdict(VERDICT_UPLINK_PASS, skb->len);
-		return TC_ACT_OK;
-	}
-	if (s->origin == NAT_ORIGIN_ENDPOINT) {
-		__u32 ifindex = skb->ifindex;
-		return endpoint_finish(skb, endpoints_by_ifindex.lookup(&ifindex), VERDICT_PASS);
-	}
-	count_verdict(VERDICT_UPLINK_PASS, skb->len);
-	return TC_ACT_OK;
-}
-
-static __always_inline int finish(struct __sk_buff *skb, struct nat_scratch *s, __u32 code, int action)
-{
-	if (s->origin == NAT_ORIGIN_ENDPOINT)
-		count_endpoint(skb->ifindex, code, skb->len);
-	else
-		count_verdict(code, skb->len);
-	return action;
-}
+#include "lib/nat_stages.h"
 
 int tc_nat_eval(struct __sk_buff *skb)
 {
-	struct nat_scratch *s = scratch();
-	struct nat_match_pkt m;
-	struct nat_decision d = {};
-	__u32 resume = 0;
-
-	if (!s)
-		return TC_ACT_OK;
-	m = s->m;
-	nat_evaluate_from(s->pc, &m, &d, &resume, MAX_NAT_STEPS);
-	s->d = d;
-	if (d.op == NAT_OP_LOOKUP) {
-		if (nat_exact_match(d.table, &m, &s->d) || s->lookups >= NAT_MAX_LOOKUPS) {
-			if (s->d.op == NAT_OP_LOOKUP)
-				s->d.op = NAT_OP_ACCEPT;
-		} else {
-			/* not in the table: evaluate on from the next instruction, in a fresh run of
-			 * this program (a tail call to itself) */
-			s->pc = resume;
-			s->lookups += 1;
-			nat_tail.call(skb, NAT_TAIL_EVAL);
-			return TC_ACT_OK;
-		}
-	}
-	nat_tail.call(skb, s->next);
-	/* only if the next stage is missing (never once the agent has set up nat_tail). Nothing
-	 * heavier here: the verifier follows every exit of the rule loop through this code. */
-	return TC_ACT_OK;
+	return nat_stage_eval(skb);
 }
 
 int tc_nat_route(struct __sk_buff *skb)
 {
-	struct nat_scratch *s = scratch();
-	struct nat_pkt *p;
-	int l4;
-
-	if (!s)
-		return TC_ACT_OK;
-	p = &s->p;
-	l4 = p->key.proto == IPPROTO_TCP || p->key.proto == IPPROTO_UDP;
-	s->ts = p->key.saddr;
-	s->td = p->key.daddr;
-	s->tsp = p->key.sport;
-	s->tdp = p->key.dport;
-	s->kind = 0;
-	s->state = CT_ST_NEW;
-	s->flags = 0;
-	if (s->d.op == NAT_OP_DNAT || s->d.op == NAT_OP_REDIRECT) {
-		if (s->d.op == NAT_OP_REDIRECT) {
-			__u32 iif = s->iif;
-			__be32 *a = nat_ifaddr.lookup(&iif);
-			if (!a)
-				return finish(skb, s, DROP_NAT_NO_ADDR, TC_ACT_SHOT);
-			s->td = *a;
-			s->kind |= CT_K_LOCAL;
-		} else {
-			s->td = s->d.to_addr;
-		}
-		if (l4 && s->d.to_port_min)
-			s->tdp = bpf_htons(s->d.to_port_min);
-		s->kind |= CT_K_DNAT;
-	}
-	/* a mid-stream TCP packet (no SYN) is picked up only if no socket of the host owns it */
-	if (p->key.proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN)) {
-		if (s->kind && host_socket_owns(skb, IPPROTO_TCP, p->key.saddr, p->key.daddr, p->key.sport,
-						p->key.dport))
-			return declined(skb, s);
-		s->state = CT_ST_ESTABLISHED;
-		s->flags = CT_F_LOOSE;
-	}
-	__builtin_memset(&s->r, 0, sizeof(s->r));
-	nat_route(skb, s->ts, s->td, &s->r);
-	s->d.op = NAT_OP_ACCEPT;
-	if (s->origin == NAT_ORIGIN_ENDPOINT && s->r.kind == ROUTE_ENDPOINT) {
-		/* isolation: only a DNATed flow (a published port) may reach another network */
-		if (!(s->kind & CT_K_DNAT) && s->r.net_id != s->net_id)
-			return declined(skb, s);
-		/* a container reaching its own address through a DNAT: the reply must come back
-		 * through us, so unless POSTROUTING says otherwise its source becomes its gateway
-		 * (Docker writes a MASQUERADE rule per published port for this) */
-		if ((s->kind & CT_K_DNAT) && s->td == s->ts)
-			s->hairpin = 1;
-	}
-	if (!(s->kind & CT_K_LOCAL) && s->r.oif) {
-		s->m.saddr = s->ts;
-		s->m.daddr = s->td;
-		s->m.sport = l4 ? bpf_ntohs(s->tsp) : 0;
-		s->m.dport = l4 ? bpf_ntohs(s->tdp) : 0;
-		s->m.iif = 0;
-		s->m.oif = s->r.oif;
-		s->m.src_local = is_local_addr(s->ts);
-		s->m.dst_local = is_local_addr(s->td);
-		s->hook = NAT_HOOK_POSTROUTING;
-		s->pc = nat_hook_entry(NAT_HOOK_POSTROUTING);
-		s->lookups = 0;
-		s->next = NAT_TAIL_COMMIT;
-		nat_tail.call(skb, NAT_TAIL_EVAL);
-		return declined(skb, s);
-	}
-	nat_tail.call(skb, NAT_TAIL_COMMIT);
-	return declined(skb, s);
+	return nat_stage_route(skb);
 }
 
 int tc_nat_commit(struct __sk_buff *skb)
 {
-	struct nat_scratch *s = scratch();
-	struct nat_config *cfg;
-	struct nat_route r;
-	struct nat_pkt p;
-	__u32 zero = 0, code = 0;
-	__u16 pmin, pmax;
-	__be16 used = 0;
-	int l4, check_host = 0, action;
-
-	if (!s)
-		return TC_ACT_OK;
-	p = s->p;
-	r = s->r;
-	l4 = p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP;
-	if (s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) {
-		if (s->d.op == NAT_OP_MASQUERADE) {
-			__u32 oif = r.oif;
-			__be32 *a = nat_ifaddr.lookup(&oif);
-			if (!a)
-				return finish(skb, s, DROP_NAT_NO_ADDR, TC_ACT_SHOT);
-			s->ts = *a;
-		} else {
-			s->ts = s->d.to_addr;
-		}
-		s->kind |= CT_K_SNAT;
-		/* the host's own socket holds its original tuple: that one is not a collision */
-		check_host = is_local_addr(s->ts) &&
-			     !(s->origin == NAT_ORIGIN_LOCAL_OUT && s->ts == p.key.saddr);
-	} else if (s->hairpin) {
-		__u32 iif = s->iif;
-		__be32 *gw = nat_ifaddr.lookup(&iif);
-		if (!gw)
-			return finish(skb, s, DROP_NAT_NO_ADDR, TC_ACT_SHOT);
-		s->ts = *gw;
-		s->kind |= CT_K_SNAT;
-	}
-	if (!s->kind)
-		return declined(skb, s);
-	if (r.kind != ROUTE_STACK && p.ttl <= 1) {
-		nat_count(NAT_C_TTL_EXCEEDED);
-		return declined(skb, s);
-	}
-	cfg = nat_config.lookup(&zero);
-	pmin = cfg ? cfg->port_min : 32768;
-	pmax = cfg ? cfg->port_max : 65535;
-	/* only a SNAT/MASQUERADE decision's ports: the hairpin SNAT of tc_nat_route leaves
-	 * PREROUTING's DNAT ports in s->d */
-	if ((s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) && l4 && s->d.to_port_min) {
-		pmin = s->d.to_port_min;
-		pmax = s->d.to_port_max;
-		if (bpf_ntohs(s->tsp) < pmin || bpf_ntohs(s->tsp) > pmax)
-			s->tsp = bpf_htons(pmin);
-	}
-	if (pmax < pmin)
-		pmax = pmin;
-	if (ct_create(skb, &p.key, s->ts, s->td, s->tsp, s->tdp, s->kind, s->state, s->flags, pmin, pmax,
-		      check_host, &used) < 0)
-		return finish(skb, s, DROP_NAT_NO_PORT, TC_ACT_SHOT);
-	if (nat_rewrite(skb, &p, s->ts, s->td, used, s->tdp) < 0)
-		return finish(skb, s, DROP_MALFORMED, TC_ACT_SHOT);
-	action = nat_forward(skb, &r, &code);
-	return finish(skb, s, code, action);
+	return nat_stage_commit(skb);
 }

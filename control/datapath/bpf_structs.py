@@ -29,6 +29,7 @@ class Verdict(enum.IntEnum):
     NAT_REDIRECT = 5
     NAT_PASS = 6
     UPLINK_PASS = 7
+    XDP_NAT_REDIRECT = 8
     UNKNOWN_ENDPOINT = 16
     MALFORMED = 17
     SPOOFED_MAC = 18

@@ -143,6 +143,8 @@ class EbpfDatapath(KernelDatapath):
         self.programs: loader.Programs | None = None
         self.maps: dict[str, loader.PinnedMap] = {}
         self.uplink_xdp = getattr(host, "uplink_xdp", "")
+        self.xdp_attached: dict[str, str] = {}       # uplink -> why XDP runs there
+        self.xdp_declined: dict[str, str] = {}       # uplink -> why it stays at TC only
         self.uplinks = list(getattr(host, "uplinks", []) or [])
         self.nat: NatMaps | None = None
         self.gc: ConntrackGC | None = None
@@ -176,20 +178,21 @@ class EbpfDatapath(KernelDatapath):
         self.gc = ConntrackGC(self.maps["ct"])
         for up in self.uplinks:
             self._attach_uplink(up)
-        if self.uplink_xdp:
-            self._attach_xdp(self.uplink_xdp)
+        for up in dict.fromkeys(self.uplinks + ([self.uplink_xdp] if self.uplink_xdp else [])):
+            self._maybe_attach_xdp(up, forced=up == self.uplink_xdp)
         for fn, kind in SOCK_PROGRAMS:
             cgroup_attach.attach(self.programs.progs[fn].fd, kind)
         log.info("socket-layer NAT attached to the cgroup root (host netns cookie %d)", self.cookie)
 
     def teardown_host(self):
-        if self.uplink_xdp:
-            idx = links.link_index(self.ipr, self.uplink_xdp)
+        for up in dict.fromkeys(list(self.xdp_attached) + self.uplinks + ([self.uplink_xdp] if self.uplink_xdp else [])):
+            idx = links.link_index(self.ipr, up)
             if idx is not None:
                 try:
                     self.ipr.link("set", index=idx, xdp_fd=-1)
                 except NetlinkError:
                     pass
+        self.xdp_attached = {}
         for up in self.uplinks:
             idx = links.link_index(self.ipr, up)
             if idx is not None:
@@ -208,18 +211,32 @@ class EbpfDatapath(KernelDatapath):
         super().teardown_host()
         shutil.rmtree(self.host.bpf_dir, ignore_errors=True)
 
-    def _attach_xdp(self, ifname: str):
-        """Native (driver) XDP only; generic XDP is never attached outside tests."""
+    def _maybe_attach_xdp(self, ifname: str, forced: bool):
+        """Native XDP on an uplink's ingress (ebpf/xdp_uplink.c: early drops, then NAT for flows
+        into endpoints), where a probe says it pays: a device of a virtual kind (veth, bridge...)
+        stays at TC, because native XDP on a veth takes GSO from its peer and its frames carry
+        partial checksums (technical notes §1.1, §1.6), unless ``forced`` (--uplink-xdp). A
+        driver without native XDP stays at TC. Generic XDP is never attached."""
         idx = links.link_index(self.ipr, ifname)
         if idx is None:
             raise DatapathError(f"uplink {ifname} does not exist")
+        kind = links.link_kind(self.ipr, idx)
+        if kind and not forced:
+            self.xdp_declined[ifname] = (f"{kind} device: native XDP would cost its peer GSO and checksum "
+                                         f"offload (pass --uplink-xdp {ifname} to force it)")
+            log.info("uplink %s stays at TC: %s", ifname, self.xdp_declined[ifname])
+            return
         fd = self.programs.progs["xdp_uplink"].fd
         try:
             self.ipr.link("set", index=idx, xdp_fd=fd, xdp_flags=XDP_FLAGS_DRV_MODE)
         except NetlinkError as e:
-            log.warning("native XDP on %s is not supported (%s): uplink early drops are off", ifname, e)
+            self.xdp_declined[ifname] = f"the driver has no native XDP ({e})"
+            log.warning("uplink %s stays at TC: %s", ifname, self.xdp_declined[ifname])
             return
-        log.info("native XDP attached on uplink %s", ifname)
+        self.xdp_attached[ifname] = "forced" if forced else "probe"
+        self.xdp_declined.pop(ifname, None)
+        log.info("native XDP attached on uplink %s (early drops, NAT into endpoints)%s", ifname,
+                 " as asked" if forced else "")
 
     def _attach_uplink(self, ifname: str):
         idx = links.link_index(self.ipr, ifname)
@@ -271,6 +288,10 @@ class EbpfDatapath(KernelDatapath):
                                                                mac=S.mac_bytes(att.mac), flags=flags))
         self._tc_filter(idx, att.host_ifname, "tc_from_endpoint", INGRESS)
         self._tc_filter(idx, att.host_ifname, "tc_to_endpoint", EGRESS)
+        if self.xdp_attached:
+            # XDP on the uplink redirects into the host end; the frame lands in the container
+            # end's NAPI ring, which exists only with GRO on (without it: silently dropped)
+            links.set_gro(ep.netns_path, att.ifname, True)
 
     def remove_attachment(self, net, ep, att):
         flushed = self.gc.flush_address(S.be32(att.ip)) if self.gc else 0
@@ -459,5 +480,6 @@ class EbpfDatapath(KernelDatapath):
         return {"name": self.name, "rules": "TC clsact programs, eBPF NAT (iptables: filter only)",
                 "programs_digest": p.digest if p else "", "compiled_this_start": bool(p and p.compiled),
                 "pins": str(p.root) if p else "", "uplink_xdp": self.uplink_xdp or "off",
+                "xdp": {"attached": dict(self.xdp_attached), "tc_only": dict(self.xdp_declined)},
                 "uplinks": self.uplinks, "nat": self.last_nat_apply,
                 "endpoints_in_map": len(self.maps["by_ifindex"].keys()) if self.maps else 0}

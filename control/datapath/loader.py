@@ -44,6 +44,8 @@ BPF_CGROUP_INET4_GETPEERNAME = 29
 
 #: nat_tail slots (ebpf/lib/nat.h NAT_TAIL_*): the tail-called stages of a new flow's NAT
 NAT_TAIL = {0: "tc_nat_eval", 1: "tc_nat_route", 2: "tc_nat_commit"}
+#: the same slots of nat_tail_xdp (a program array holds one program type): the XDP stages
+NAT_TAIL_XDP = {0: "xdp_nat_eval", 1: "xdp_nat_route", 2: "xdp_nat_commit"}
 
 #: entry file -> [(function, program type, expected attach type or -1)]
 PROGRAMS = {
@@ -52,6 +54,7 @@ PROGRAMS = {
     "tc_nat.c": [("tc_nat_eval", "SCHED_CLS", -1), ("tc_nat_route", "SCHED_CLS", -1),
                  ("tc_nat_commit", "SCHED_CLS", -1)],
     "xdp_uplink.c": [("xdp_uplink", "XDP", -1)],
+    "xdp_nat.c": [("xdp_nat_eval", "XDP", -1), ("xdp_nat_route", "XDP", -1), ("xdp_nat_commit", "XDP", -1)],
     "cgroup_sock.c": [("sock_connect4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_CONNECT),
                       ("sock_sendmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_SENDMSG),
                       ("sock_recvmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_RECVMSG),
@@ -171,13 +174,15 @@ class Programs:
         return self
 
     def _fill_tail_calls(self):
-        """Point nat_tail's slots at this digest's stages (idempotent; the map is pinned)."""
-        tail = PinnedMap(str(self.root / "nat_tail"), ctypes.c_uint32, ctypes.c_uint32)
-        try:
-            for slot, fn in NAT_TAIL.items():
-                tail.update(slot, ctypes.c_uint32(self.progs[fn].fd))
-        finally:
-            tail.close()
+        """Point nat_tail's and nat_tail_xdp's slots at this digest's stages (idempotent; the
+        maps are pinned)."""
+        for name, slots in (("nat_tail", NAT_TAIL), ("nat_tail_xdp", NAT_TAIL_XDP)):
+            tail = PinnedMap(str(self.root / name), ctypes.c_uint32, ctypes.c_uint32)
+            try:
+                for slot, fn in slots.items():
+                    tail.update(slot, ctypes.c_uint32(self.progs[fn].fd))
+            finally:
+                tail.close()
 
     def remove_stale(self) -> list[str]:
         """Drop program pins of older digests (call after every filter uses the new ones)."""

@@ -8,9 +8,13 @@ Host-side calls run in the agent's netns (the host); endpoint-side calls run thr
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import ipaddress
 import os
+import socket
+import struct
 import subprocess
 
 from pyroute2 import IPRoute
@@ -82,6 +86,32 @@ def set_hairpin(name: str, on: bool = True) -> None:
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise DatapathError(f"setting hairpin on {name} failed: {r.stderr.strip()}")
+
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GGRO = 0x0000002b
+ETHTOOL_SGRO = 0x0000002c
+
+
+def _ethtool_value(ifname: str, cmd: int, value: int = 0) -> int:
+    """One ETHTOOL_{G,S}* ioctl with a struct ethtool_value {u32 cmd; u32 data} (in this netns)."""
+    buf = ctypes.create_string_buffer(struct.pack("II", cmd, value))
+    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(buf)).ljust(40, b"\0")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    return struct.unpack("II", buf.raw[:8])[1]
+
+
+def set_gro(netns_path: str | None, ifname: str, on: bool = True) -> None:
+    """Turn GRO on (or off) on ``ifname`` in ``netns_path`` (None: this netns). On a veth this is
+    what gives it a NAPI ring, which XDP_REDIRECT into its peer needs (technical notes D3)."""
+    def _set():
+        if bool(_ethtool_value(ifname, ETHTOOL_GGRO)) != on:
+            _ethtool_value(ifname, ETHTOOL_SGRO, int(on))
+    try:
+        run_in_netns(netns_path, _set) if netns_path else _set()
+    except OSError as e:
+        raise DatapathError(f"setting GRO {'on' if on else 'off'} on {ifname} failed: {e.strerror}") from None
 
 
 def ensure_veth(ipr: IPRoute, host_ifname: str, bridge_index: int | None, netns_path: str,

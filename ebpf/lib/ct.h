@@ -146,7 +146,7 @@ static __always_inline void ct_delete_pair(const struct ct_key *k, const struct 
 
 /* Is (saddr:sport -> daddr:dport) an existing socket of this netns (a listener included)?
  * A masqueraded flow must not take a tuple the host itself uses. */
-static __always_inline int host_socket_owns(struct __sk_buff *skb, __u8 proto, __be32 saddr,
+static __always_inline int host_socket_owns(dl_ctx *ctx, __u8 proto, __be32 saddr,
 					    __be32 daddr, __be16 sport, __be16 dport)
 {
 	struct bpf_sock_tuple t = {};
@@ -157,9 +157,9 @@ static __always_inline int host_socket_owns(struct __sk_buff *skb, __u8 proto, _
 	t.ipv4.sport = sport;
 	t.ipv4.dport = dport;
 	if (proto == IPPROTO_TCP)
-		sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_sk_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	else if (proto == IPPROTO_UDP)
-		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_sk_lookup_udp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	else
 		return 0;
 	if (!sk)
@@ -178,7 +178,7 @@ static __always_inline __u16 clamp_port(__u32 v, __u16 lo, __u16 hi)
  * translated source port (ICMP: echo id) moves: kept if free, else a random one in
  * [pmin, pmax], then the next ones, NAT_PORT_RETRIES candidates in all. *tsp_out gets the port
  * used. Returns 0, or -1 when every candidate was taken. */
-static __always_inline int ct_create(struct __sk_buff *skb, const struct ct_key *k, __be32 ts, __be32 td,
+static __always_inline int ct_create(dl_ctx *ctx, const struct ct_key *k, __be32 ts, __be32 td,
 				     __be16 tsp, __be16 tdp, __u8 kind, __u8 state, __u8 flags,
 				     __u16 pmin, __u16 pmax, int check_host, __be16 *tsp_out)
 {
@@ -203,7 +203,7 @@ static __always_inline int ct_create(struct __sk_buff *skb, const struct ct_key 
 		__be16 p = bpf_htons(port);
 
 		ct_key_reverse(&rk, ts, td, p, tdp, k->proto);
-		if (!(check_host && host_socket_owns(skb, k->proto, td, ts, tdp, p)) &&
+		if (!(check_host && host_socket_owns(ctx, k->proto, td, ts, tdp, p)) &&
 		    ct.insert(&rk, &re) == 0) {
 			oe.to_saddr = ts;
 			oe.to_daddr = td;

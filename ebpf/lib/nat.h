@@ -43,7 +43,7 @@ struct nat_route {
 	__u8  set_smac;
 };
 
-static __always_inline void nat_route(struct __sk_buff *skb, __be32 saddr, __be32 daddr, struct nat_route *r)
+static __always_inline void nat_route(dl_ctx *ctx, __be32 saddr, __be32 daddr, struct nat_route *r)
 {
 	struct ip_endpoint *ep = endpoints_by_ip.lookup(&daddr);
 	struct bpf_fib_lookup f = {};
@@ -65,8 +65,8 @@ static __always_inline void nat_route(struct __sk_buff *skb, __be32 saddr, __be3
 	f.family = 2;   /* AF_INET */
 	f.ipv4_src = saddr;
 	f.ipv4_dst = daddr;
-	f.ifindex = skb->ifindex;
-	rc = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	f.ifindex = ctx_ifindex(ctx);
+	rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		r->kind = ROUTE_FIB;
 		r->ifindex = r->oif = f.ifindex;
@@ -79,27 +79,47 @@ static __always_inline void nat_route(struct __sk_buff *skb, __be32 saddr, __be3
 	}
 }
 
+/* May this hook translate a packet whose route is r? TC takes every route. XDP takes only
+ * packets it sends into an endpoint itself (XDP_REDIRECT into the host-side veth lands in the
+ * container end's NAPI ring, which the control plane enables with GRO); anything else is left
+ * untouched to the TC program behind it, which translates it. A packet is never translated
+ * twice: TC would not find the translated tuple in conntrack and would judge it as new. */
+static __always_inline int nat_hook_takes(const struct nat_route *r)
+{
+#ifdef DL_XDP
+	return r->kind == ROUTE_ENDPOINT;
+#else
+	return 1;
+#endif
+}
+
 /* Send a translated packet on its route; sets *code. */
-static __always_inline int nat_forward(struct __sk_buff *skb, const struct nat_route *r, __u32 *code)
+static __always_inline int nat_forward(dl_ctx *ctx, const struct nat_route *r, __u32 *code)
 {
 	if (r->kind == ROUTE_STACK) {
 		*code = VERDICT_NAT_PASS;
-		return TC_ACT_OK;
+		return CTX_ACT_OK;
 	}
-	if (ttl_decrement(skb) < 0) {
+	if (ttl_decrement(ctx) < 0) {
 		*code = DROP_MALFORMED;
-		return TC_ACT_SHOT;
+		return CTX_ACT_SHOT;
 	}
+#ifdef DL_XDP
+	*code = VERDICT_XDP_NAT_REDIRECT;
+#else
 	*code = VERDICT_NAT_REDIRECT;
 	if (r->kind == ROUTE_NEIGH)
 		return dl_redirect_neigh(r->ifindex, 0, 0, 0);
-	if (bpf_skb_store_bytes(skb, 0, r->dmac, 6, 0) < 0 ||
-	    (r->set_smac && bpf_skb_store_bytes(skb, 6, r->smac, 6, 0) < 0)) {
+#endif
+	if (ctx_store(ctx, 0, (void *)r->dmac, 6) < 0 ||
+	    (r->set_smac && ctx_store(ctx, 6, (void *)r->smac, 6) < 0)) {
 		*code = DROP_MALFORMED;
-		return TC_ACT_SHOT;
+		return CTX_ACT_SHOT;
 	}
+#ifndef DL_XDP
 	if (r->kind == ROUTE_ENDPOINT)
 		return bpf_redirect_peer(r->ifindex, 0);
+#endif
 	return bpf_redirect(r->ifindex, 0);
 }
 
@@ -131,7 +151,7 @@ static __always_inline int nat_frag_ports(struct nat_pkt *p)
 
 /* An ICMP error quoting a packet of a translated flow: the quote is translated back to what its
  * sender sent, the outer addresses follow (RFC 5508). */
-static __always_inline int nat_icmp_error(struct __sk_buff *skb, const struct nat_pkt *p, int forward,
+static __always_inline int nat_icmp_error(dl_ctx *ctx, const struct nat_pkt *p, int forward,
 					  __u32 *code)
 {
 	struct ct_key k = {};
@@ -156,20 +176,20 @@ static __always_inline int nat_icmp_error(struct __sk_buff *skb, const struct na
 	if (os == p->inner.daddr)
 		os = qd;          /* from the quoted packet's receiver itself */
 	if (forward) {
-		nat_route(skb, os, od, &r);
+		nat_route(ctx, os, od, &r);
 		if (r.kind != ROUTE_STACK && p->ttl <= 1)
 			return NAT_DECLINE;
 	}
-	if (nat_rewrite_icmp_error(skb, p, qs, qd, qsp, qdp, os, od) < 0) {
+	if (nat_rewrite_icmp_error(ctx, p, qs, qd, qsp, qdp, os, od) < 0) {
 		*code = DROP_MALFORMED;
-		return TC_ACT_SHOT;
+		return CTX_ACT_SHOT;
 	}
 	nat_count(NAT_C_ICMP_ERROR);
 	if (!forward) {
 		*code = VERDICT_NAT_PASS;
-		return TC_ACT_OK;
+		return CTX_ACT_OK;
 	}
-	return nat_forward(skb, &r, code);
+	return nat_forward(ctx, &r, code);
 }
 
 #define NAT_PARSED (-2)    /* nat_parse_tracked: a TCP/UDP/ICMP-echo tuple is in *p */
@@ -177,12 +197,17 @@ static __always_inline int nat_icmp_error(struct __sk_buff *skb, const struct na
 /* The start every NAT hook shares: parse; an ICMP error about a tracked flow is translated here
  * (sent on if ``forward``); a later fragment borrows its datagram's ports. Returns NAT_PARSED,
  * NAT_DECLINE, or the action taken for an ICMP error. */
-static __always_inline int nat_parse_tracked(struct __sk_buff *skb, struct nat_pkt *p, int forward, __u32 *code)
+static __always_inline int nat_parse_tracked(dl_ctx *ctx, struct nat_pkt *p, int forward, __u32 *code)
 {
-	enum nat_parse_result pr = nat_parse(skb, p);
+	enum nat_parse_result pr = nat_parse(ctx, p);
 
+#ifdef DL_XDP
+	/* XDP takes the common case only: ICMP errors and fragments go on to TC untouched */
+	if (pr != NP_OK || !p->has_l4 || p->first_frag)
+		return NAT_DECLINE;
+#endif
 	if (pr == NP_ICMP_ERROR)
-		return nat_icmp_error(skb, p, forward, code);
+		return nat_icmp_error(ctx, p, forward, code);
 	if (pr != NP_OK)
 		return NAT_DECLINE;
 	if ((!p->has_l4 || p->first_frag) && nat_frag_ports(p) < 0)
@@ -225,7 +250,22 @@ struct nat_scratch {
 };
 
 BPF_TABLE_PINNED("percpu_array", __u32, struct nat_scratch, nat_scratch, 1, PIN_DIR "/nat_scratch");
+/* the stages' program arrays: a program array holds programs of one type, so XDP has its own */
+#ifdef DL_XDP
+BPF_TABLE_PINNED("prog", __u32, __u32, nat_tail_xdp, 4, PIN_DIR "/nat_tail_xdp");
+#else
 BPF_TABLE_PINNED("prog", __u32, __u32, nat_tail, 4, PIN_DIR "/nat_tail");
+#endif
+
+/* Continue in stage ``slot`` (NAT_TAIL_*); returns only if that stage is missing. */
+static __always_inline void nat_tail_call(dl_ctx *ctx, __u32 slot)
+{
+#ifdef DL_XDP
+	nat_tail_xdp.call(ctx, slot);
+#else
+	nat_tail.call(ctx, slot);
+#endif
+}
 
 static __always_inline struct nat_scratch *scratch(void)
 {
@@ -236,7 +276,7 @@ static __always_inline struct nat_scratch *scratch(void)
 /* Translate a packet of a tracked flow (or an ICMP error about one). A miss that may start a
  * new flow (allow_new: routed packets with an L4 header) continues in the NAT_TAIL_PRE stage and
  * does not return; otherwise NAT_DECLINE. iif: the logical in-interface (-i). */
-static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int allow_new, __u32 origin,
+static __always_inline int nat_ingress(dl_ctx *ctx, __u32 iif, int allow_new, __u32 origin,
 				       __u32 net_id, __u32 *code)
 {
 	struct nat_pkt p = {};
@@ -247,7 +287,7 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 	__be16 tsp, tdp;
 	int rc;
 
-	rc = nat_parse_tracked(skb, &p, 1, code);
+	rc = nat_parse_tracked(ctx, &p, 1, code);
 	if (rc != NAT_PARSED)
 		return rc;
 	e = ct.lookup(&p.key);
@@ -266,18 +306,20 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 		td = e->to_daddr;
 		tsp = e->to_sport;
 		tdp = e->to_dport;
+		nat_route(ctx, ts, td, &r);
+		if (!nat_hook_takes(&r))
+			return NAT_DECLINE;
 		ct_refresh(&p.key, e, &p);
-		nat_route(skb, ts, td, &r);
 		if (r.kind != ROUTE_STACK && p.ttl <= 1) {
 			nat_count(NAT_C_TTL_EXCEEDED);
 			return NAT_DECLINE;
 		}
-		if (nat_rewrite(skb, &p, ts, td, tsp, tdp) < 0) {
+		if (nat_rewrite(ctx, &p, ts, td, tsp, tdp) < 0) {
 			*code = DROP_MALFORMED;
-			return TC_ACT_SHOT;
+			return CTX_ACT_SHOT;
 		}
 		nat_count(p.has_l4 ? NAT_C_CT_HIT : NAT_C_FRAG_XLATE);
-		return nat_forward(skb, &r, code);
+		return nat_forward(ctx, &r, code);
 	}
 	if (!allow_new || !p.has_l4)
 		return NAT_DECLINE;
@@ -305,17 +347,18 @@ static __always_inline int nat_ingress(struct __sk_buff *skb, __u32 iif, int all
 	s->pc = nat_hook_entry(NAT_HOOK_PREROUTING);
 	s->lookups = 0;
 	s->next = NAT_TAIL_ROUTE;
-	nat_tail.call(skb, NAT_TAIL_EVAL);
+	nat_tail_call(ctx, NAT_TAIL_EVAL);
 	return NAT_DECLINE;     /* the stage is missing: behave as if nothing translates */
 }
 
+#ifndef DL_XDP
 /* Leaving by an interface: tracked flows are translated (replies the host sends for a REDIRECT
  * or a DNAT to a local address). With local_out (the uplink), a packet the host itself sends
  * that belongs to no flow starts one: POSTROUTING judges it in the tail-called stages (SNAT,
  * MASQUERADE), and an untranslated one is tracked so that its replies skip PREROUTING. */
-static __always_inline int nat_egress(struct __sk_buff *skb, int local_out, __u32 *code)
+static __always_inline int nat_egress(dl_ctx *ctx, int local_out, __u32 *code)
 {
-	__u32 ifindex = skb->ifindex, from = skb->ingress_ifindex;   /* read once: clang may
+	__u32 ifindex = ctx->ifindex, from = ctx->ingress_ifindex;   /* read once: clang may
 	                                                              * otherwise keep a modified ctx
 	                                                              * pointer, which the verifier refuses */
 	struct nat_pkt p = {};
@@ -323,7 +366,7 @@ static __always_inline int nat_egress(struct __sk_buff *skb, int local_out, __u3
 	struct ct_entry *e;
 	__be32 ts, td;
 	__be16 tsp, tdp;
-	int rc = nat_parse_tracked(skb, &p, 0, code);
+	int rc = nat_parse_tracked(ctx, &p, 0, code);
 
 	if (rc != NAT_PARSED)
 		return rc;
@@ -370,7 +413,7 @@ static __always_inline int nat_egress(struct __sk_buff *skb, int local_out, __u3
 		s->pc = nat_hook_entry(NAT_HOOK_POSTROUTING);
 		s->lookups = 0;
 		s->next = NAT_TAIL_COMMIT;
-		nat_tail.call(skb, NAT_TAIL_EVAL);
+		nat_tail_call(ctx, NAT_TAIL_EVAL);
 		return NAT_DECLINE;
 	}
 	if (!e->kind) {
@@ -382,13 +425,15 @@ static __always_inline int nat_egress(struct __sk_buff *skb, int local_out, __u3
 	tsp = e->to_sport;
 	tdp = e->to_dport;
 	ct_refresh(&p.key, e, &p);
-	if (nat_rewrite(skb, &p, ts, td, tsp, tdp) < 0) {
+	if (nat_rewrite(ctx, &p, ts, td, tsp, tdp) < 0) {
 		*code = DROP_MALFORMED;
-		return TC_ACT_SHOT;
+		return CTX_ACT_SHOT;
 	}
 	nat_count(NAT_C_CT_HIT);
 	*code = VERDICT_NAT_PASS;
-	return TC_ACT_OK;
+	return CTX_ACT_OK;
 }
+
+#endif /* !DL_XDP */
 
 #endif

@@ -1,14 +1,15 @@
-/* The packet side of NAT, for TC (struct __sk_buff): reading a packet's tuple, and rewriting
- * addresses, ports and TTL with incremental checksum updates (RFC 1624 via the kernel helpers,
- * which also handle CHECKSUM_PARTIAL and GSO packets). No maps here.
+/* The packet side of NAT, for TC and XDP (ctx.h): reading a packet's tuple, and rewriting
+ * addresses, ports and TTL with incremental checksum updates (RFC 1624; at TC via the kernel
+ * helpers, which also handle CHECKSUM_PARTIAL and GSO packets). No maps here.
  *
  * Byte order: every address and port in struct ct_key / struct nat_pkt is network order, as on
- * the wire. Offsets are from skb->data (the Ethernet header). */
+ * the wire. Offsets are from the start of the frame (the Ethernet header). */
 #ifndef DOCKLINE_NAT_PACKET_H
 #define DOCKLINE_NAT_PACKET_H
 
 #include <uapi/linux/icmp.h>
 #include "common.h"
+#include "ctx.h"
 #include "structs.h"
 
 #define IP_OFF         ETH_HLEN
@@ -29,7 +30,7 @@ struct nat_pkt {
 	struct ct_key key;   /* the tuple as it arrived (ICMP echo: id in sport for requests, dport
 	                      * for replies) */
 	__u32 l4off;         /* offset of the L4 header */
-	__u32 len;           /* skb->len */
+	__u32 len;           /* the frame's length */
 	__be16 frag_id;      /* IPv4 id (fragments) */
 	__u8  tcp_flags;     /* TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
 	__u8  has_l4;        /* 0 for a non-first fragment: ports come from frag_ports */
@@ -92,10 +93,10 @@ static __always_inline int icmp_is_error(__u8 type)
 	return type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED || type == ICMP_PARAMETERPROB;
 }
 
-static __always_inline enum nat_parse_result nat_parse(struct __sk_buff *skb, struct nat_pkt *p)
+static __always_inline enum nat_parse_result nat_parse(dl_ctx *ctx, struct nat_pkt *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_data_end(ctx);
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
 	__u32 hlen;
@@ -115,7 +116,7 @@ static __always_inline enum nat_parse_result nat_parse(struct __sk_buff *skb, st
 	p->key.daddr = ip->daddr;
 	p->key.proto = ip->protocol;
 	p->l4off = ETH_HLEN + hlen;
-	p->len = skb->len;
+	p->len = ctx_len(ctx);
 	p->ttl = ip->ttl;
 	p->frag_id = ip->id;
 	p->has_l4 = 1;
@@ -181,7 +182,7 @@ static __always_inline void ct_key_reverse(struct ct_key *out, __be32 saddr, __b
 }
 
 /* Offset of the L4 checksum a change of this packet's addresses/ports must update, 0 if none. */
-static __always_inline __u32 l4_csum_off(struct __sk_buff *skb, __u8 proto, __u32 l4off, __u64 *flags)
+static __always_inline __u32 l4_csum_off(dl_ctx *ctx, __u8 proto, __u32 l4off, __u64 *flags)
 {
 	__u16 check = 0;
 
@@ -189,7 +190,7 @@ static __always_inline __u32 l4_csum_off(struct __sk_buff *skb, __u8 proto, __u3
 		return l4off + offsetof(struct tcphdr, check);
 	if (proto == IPPROTO_UDP) {
 		/* a zero UDP checksum means "none" and must stay zero (MANGLED_0 keeps it off 0) */
-		if (bpf_skb_load_bytes(skb, l4off + offsetof(struct udphdr, check), &check, 2) < 0 || !check)
+		if (ctx_load(ctx, l4off + offsetof(struct udphdr, check), &check, 2) < 0 || !check)
 			return 0;
 		*flags |= BPF_F_MARK_MANGLED_0;
 		return l4off + offsetof(struct udphdr, check);
@@ -201,40 +202,40 @@ static __always_inline __u32 l4_csum_off(struct __sk_buff *skb, __u8 proto, __u3
 
 /* Rewrite an address at addr_off whose IPv4 header checksum is at ip_csum_off; the L4 checksum at
  * csum_off (if any) gets the pseudo-header update unless the protocol is ICMP. */
-static __always_inline int rewrite_addr(struct __sk_buff *skb, __u32 addr_off, __u32 ip_csum_off,
+static __always_inline int rewrite_addr(dl_ctx *ctx, __u32 addr_off, __u32 ip_csum_off,
 					__u32 csum_off, __u64 l4flags, int pseudo, __be32 from, __be32 to)
 {
 	if (from == to)
 		return 0;
 	if (csum_off && pseudo &&
-	    bpf_l4_csum_replace(skb, csum_off, from, to, l4flags | BPF_F_PSEUDO_HDR | sizeof(to)) < 0)
+	    ctx_l4_csum_replace(ctx, csum_off, from, to, l4flags | BPF_F_PSEUDO_HDR | sizeof(to)) < 0)
 		return -1;
-	if (bpf_l3_csum_replace(skb, ip_csum_off, from, to, sizeof(to)) < 0)
+	if (ctx_l3_csum_replace(ctx, ip_csum_off, from, to, sizeof(to)) < 0)
 		return -1;
-	return bpf_skb_store_bytes(skb, addr_off, &to, sizeof(to), 0);
+	return ctx_store(ctx, addr_off, &to, sizeof(to));
 }
 
-static __always_inline int rewrite_port(struct __sk_buff *skb, __u32 port_off, __u32 csum_off,
+static __always_inline int rewrite_port(dl_ctx *ctx, __u32 port_off, __u32 csum_off,
 					__u64 l4flags, __be16 from, __be16 to)
 {
 	if (from == to)
 		return 0;
-	if (csum_off && bpf_l4_csum_replace(skb, csum_off, from, to, l4flags | sizeof(to)) < 0)
+	if (csum_off && ctx_l4_csum_replace(ctx, csum_off, from, to, l4flags | sizeof(to)) < 0)
 		return -1;
-	return bpf_skb_store_bytes(skb, port_off, &to, sizeof(to), 0);
+	return ctx_store(ctx, port_off, &to, sizeof(to));
 }
 
 /* Make the packet (tuple p->key) carry tuple "to". Returns < 0 if a helper failed. */
-static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_pkt *p,
+static __always_inline int nat_rewrite(dl_ctx *ctx, const struct nat_pkt *p,
 				       __be32 to_saddr, __be32 to_daddr, __be16 to_sport, __be16 to_dport)
 {
 	__u8 proto = p->key.proto;
 	__u64 l4flags = 0;
-	__u32 csum_off = p->has_l4 ? l4_csum_off(skb, proto, p->l4off, &l4flags) : 0;
+	__u32 csum_off = p->has_l4 ? l4_csum_off(ctx, proto, p->l4off, &l4flags) : 0;
 	int pseudo = proto != IPPROTO_ICMP;
 
-	if (rewrite_addr(skb, IP_SRC_OFF, IP_CSUM_OFF, csum_off, l4flags, pseudo, p->key.saddr, to_saddr) < 0 ||
-	    rewrite_addr(skb, IP_DST_OFF, IP_CSUM_OFF, csum_off, l4flags, pseudo, p->key.daddr, to_daddr) < 0)
+	if (rewrite_addr(ctx, IP_SRC_OFF, IP_CSUM_OFF, csum_off, l4flags, pseudo, p->key.saddr, to_saddr) < 0 ||
+	    rewrite_addr(ctx, IP_DST_OFF, IP_CSUM_OFF, csum_off, l4flags, pseudo, p->key.daddr, to_daddr) < 0)
 		return -1;
 	if (!p->has_l4)
 		return 0;
@@ -242,44 +243,44 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct nat_p
 		/* the echo id: in sport for requests, in dport for replies (the other one is 0) */
 		__u32 id_off = p->l4off + offsetof(struct icmphdr, un.echo.id);
 		if (p->icmp_type == ICMP_ECHO)
-			return rewrite_port(skb, id_off, csum_off, 0, p->key.sport, to_sport);
-		return rewrite_port(skb, id_off, csum_off, 0, p->key.dport, to_dport);
+			return rewrite_port(ctx, id_off, csum_off, 0, p->key.sport, to_sport);
+		return rewrite_port(ctx, id_off, csum_off, 0, p->key.dport, to_dport);
 	}
-	if (rewrite_port(skb, p->l4off, csum_off, l4flags, p->key.sport, to_sport) < 0)
+	if (rewrite_port(ctx, p->l4off, csum_off, l4flags, p->key.sport, to_sport) < 0)
 		return -1;
-	return rewrite_port(skb, p->l4off + 2, csum_off, l4flags, p->key.dport, to_dport);
+	return rewrite_port(ctx, p->l4off + 2, csum_off, l4flags, p->key.dport, to_dport);
 }
 
 /* Decrement the TTL of a packet we route ourselves (the stack would have). */
-static __always_inline int ttl_decrement(struct __sk_buff *skb)
+static __always_inline int ttl_decrement(dl_ctx *ctx)
 {
 	__u16 old = 0, new;
 
-	if (bpf_skb_load_bytes(skb, IP_TTL_OFF, &old, 2) < 0)
+	if (ctx_load(ctx, IP_TTL_OFF, &old, 2) < 0)
 		return -1;
 	new = old;
 	((__u8 *)&new)[0] -= 1;                 /* the first byte of the (ttl, protocol) word */
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 2) < 0)
+	if (ctx_l3_csum_replace(ctx, IP_CSUM_OFF, old, new, 2) < 0)
 		return -1;
-	return bpf_skb_store_bytes(skb, IP_TTL_OFF, &new, 2, 0);
+	return ctx_store(ctx, IP_TTL_OFF, &new, 2);
 }
 
 /* Change a 16- or 32-bit value inside an ICMP error's payload: the value, and the ICMP checksum
  * (which covers the payload, no pseudo header). */
-static __always_inline int icmp_payload_store(struct __sk_buff *skb, __u32 icmp_csum_off, __u32 off,
+static __always_inline int icmp_payload_store(dl_ctx *ctx, __u32 icmp_csum_off, __u32 off,
 					      __u32 from, __u32 to, __u32 size)
 {
 	if (from == to)
 		return 0;
-	if (bpf_l4_csum_replace(skb, icmp_csum_off, from, to, size) < 0)
+	if (ctx_l4_csum_replace(ctx, icmp_csum_off, from, to, size) < 0)
 		return -1;
-	return bpf_skb_store_bytes(skb, off, &to, size, 0);
+	return ctx_store(ctx, off, &to, size);
 }
 
 /* Translate an ICMP error: the quoted packet becomes (qs, qd, qsp, qdp); the outer destination
  * becomes od, the outer source os. Quoted checksums (IPv4 header; UDP/TCP/ICMP when the quote
  * holds them) are updated, and every change is folded into the outer ICMP checksum. */
-static __always_inline int nat_rewrite_icmp_error(struct __sk_buff *skb, const struct nat_pkt *p,
+static __always_inline int nat_rewrite_icmp_error(dl_ctx *ctx, const struct nat_pkt *p,
 						  __be32 qs, __be32 qd, __be16 qsp, __be16 qdp,
 						  __be32 os, __be32 od)
 {
@@ -298,33 +299,33 @@ static __always_inline int nat_rewrite_icmp_error(struct __sk_buff *skb, const s
 		q_l4csum = p->inner_l4off + offsetof(struct udphdr, check);
 	else
 		q_l4csum = p->inner_l4off + offsetof(struct icmphdr, checksum);
-	if (q_l4csum + 2 > p->len || bpf_skb_load_bytes(skb, q_l4csum, &old_q_l4, 2) < 0)
+	if (q_l4csum + 2 > p->len || ctx_load(ctx, q_l4csum, &old_q_l4, 2) < 0)
 		q_l4csum = 0;
 	if (proto == IPPROTO_UDP && !old_q_l4)
 		q_l4csum = 0;
 	if (proto == IPPROTO_UDP)
 		q_flags = BPF_F_MARK_MANGLED_0;
-	if (bpf_skb_load_bytes(skb, in_csum, &old_in_csum, 2) < 0)
+	if (ctx_load(ctx, in_csum, &old_in_csum, 2) < 0)
 		return -1;
 
 	/* quoted addresses: quoted IP checksum, quoted L4 pseudo header, outer ICMP checksum. The
-	 * quoted L4 checksum is plain data of this skb, so it is updated without BPF_F_PSEUDO_HDR
-	 * (that flag is about this skb's own pseudo header and checksum offload state). */
+	 * quoted L4 checksum is plain data of this packet, so it is updated without BPF_F_PSEUDO_HDR
+	 * (that flag is about this packet's own pseudo header and checksum offload state). */
 	if (qs != p->inner.saddr) {
 		if (q_l4csum && q_pseudo &&
-		    bpf_l4_csum_replace(skb, q_l4csum, p->inner.saddr, qs, q_flags | 4) < 0)
+		    ctx_l4_csum_replace(ctx, q_l4csum, p->inner.saddr, qs, q_flags | 4) < 0)
 			return -1;
-		if (bpf_l3_csum_replace(skb, in_csum, p->inner.saddr, qs, 4) < 0 ||
-		    icmp_payload_store(skb, icmp_csum, p->inner_off + offsetof(struct iphdr, saddr),
+		if (ctx_l3_csum_replace(ctx, in_csum, p->inner.saddr, qs, 4) < 0 ||
+		    icmp_payload_store(ctx, icmp_csum, p->inner_off + offsetof(struct iphdr, saddr),
 				       p->inner.saddr, qs, 4) < 0)
 			return -1;
 	}
 	if (qd != p->inner.daddr) {
 		if (q_l4csum && q_pseudo &&
-		    bpf_l4_csum_replace(skb, q_l4csum, p->inner.daddr, qd, q_flags | 4) < 0)
+		    ctx_l4_csum_replace(ctx, q_l4csum, p->inner.daddr, qd, q_flags | 4) < 0)
 			return -1;
-		if (bpf_l3_csum_replace(skb, in_csum, p->inner.daddr, qd, 4) < 0 ||
-		    icmp_payload_store(skb, icmp_csum, p->inner_off + offsetof(struct iphdr, daddr),
+		if (ctx_l3_csum_replace(ctx, in_csum, p->inner.daddr, qd, 4) < 0 ||
+		    icmp_payload_store(ctx, icmp_csum, p->inner_off + offsetof(struct iphdr, daddr),
 				       p->inner.daddr, qd, 4) < 0)
 			return -1;
 	}
@@ -334,40 +335,40 @@ static __always_inline int nat_rewrite_icmp_error(struct __sk_buff *skb, const s
 		__be16 to = p->inner.sport ? qsp : qdp;
 		q_port_off = p->inner_l4off + offsetof(struct icmphdr, un.echo.id);
 		if (from != to) {
-			if (q_l4csum && bpf_l4_csum_replace(skb, q_l4csum, from, to, 2) < 0)
+			if (q_l4csum && ctx_l4_csum_replace(ctx, q_l4csum, from, to, 2) < 0)
 				return -1;
-			if (icmp_payload_store(skb, icmp_csum, q_port_off, from, to, 2) < 0)
+			if (icmp_payload_store(ctx, icmp_csum, q_port_off, from, to, 2) < 0)
 				return -1;
 		}
 	} else {
 		if (qsp != p->inner.sport) {
-			if (q_l4csum && bpf_l4_csum_replace(skb, q_l4csum, p->inner.sport, qsp, q_flags | 2) < 0)
+			if (q_l4csum && ctx_l4_csum_replace(ctx, q_l4csum, p->inner.sport, qsp, q_flags | 2) < 0)
 				return -1;
-			if (icmp_payload_store(skb, icmp_csum, q_port_off, p->inner.sport, qsp, 2) < 0)
+			if (icmp_payload_store(ctx, icmp_csum, q_port_off, p->inner.sport, qsp, 2) < 0)
 				return -1;
 		}
 		if (qdp != p->inner.dport) {
-			if (q_l4csum && bpf_l4_csum_replace(skb, q_l4csum, p->inner.dport, qdp, q_flags | 2) < 0)
+			if (q_l4csum && ctx_l4_csum_replace(ctx, q_l4csum, p->inner.dport, qdp, q_flags | 2) < 0)
 				return -1;
-			if (icmp_payload_store(skb, icmp_csum, q_port2_off, p->inner.dport, qdp, 2) < 0)
+			if (icmp_payload_store(ctx, icmp_csum, q_port2_off, p->inner.dport, qdp, 2) < 0)
 				return -1;
 		}
 	}
 	/* the quoted checksums changed too: fold their change into the outer ICMP checksum */
-	if (bpf_skb_load_bytes(skb, in_csum, &new_in_csum, 2) < 0)
+	if (ctx_load(ctx, in_csum, &new_in_csum, 2) < 0)
 		return -1;
 	if (new_in_csum != old_in_csum &&
-	    bpf_l4_csum_replace(skb, icmp_csum, old_in_csum, new_in_csum, 2) < 0)
+	    ctx_l4_csum_replace(ctx, icmp_csum, old_in_csum, new_in_csum, 2) < 0)
 		return -1;
 	if (q_l4csum) {
-		if (bpf_skb_load_bytes(skb, q_l4csum, &new_q_l4, 2) < 0)
+		if (ctx_load(ctx, q_l4csum, &new_q_l4, 2) < 0)
 			return -1;
-		if (new_q_l4 != old_q_l4 && bpf_l4_csum_replace(skb, icmp_csum, old_q_l4, new_q_l4, 2) < 0)
+		if (new_q_l4 != old_q_l4 && ctx_l4_csum_replace(ctx, icmp_csum, old_q_l4, new_q_l4, 2) < 0)
 			return -1;
 	}
 	/* outer header: ICMP has no pseudo header, only the IPv4 checksum changes */
-	if (rewrite_addr(skb, IP_SRC_OFF, IP_CSUM_OFF, 0, 0, 0, p->key.saddr, os) < 0 ||
-	    rewrite_addr(skb, IP_DST_OFF, IP_CSUM_OFF, 0, 0, 0, p->key.daddr, od) < 0)
+	if (rewrite_addr(ctx, IP_SRC_OFF, IP_CSUM_OFF, 0, 0, 0, p->key.saddr, os) < 0 ||
+	    rewrite_addr(ctx, IP_DST_OFF, IP_CSUM_OFF, 0, 0, 0, p->key.daddr, od) < 0)
 		return -1;
 	return 0;
 }

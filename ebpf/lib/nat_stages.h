@@ -1,0 +1,227 @@
+/* The stages of a new flow's NAT, for TC (tc_nat.c) and XDP (xdp_nat.c): one text, the
+ * context (ctx.h) decides which. Tail-called (nat_tail / nat_tail_xdp) from the entry programs
+ * after a conntrack miss (nat.h: nat_ingress, nat_egress):
+ *
+ *   entry -> eval (PREROUTING) -> route -> eval (POSTROUTING) -> commit
+ *
+ *   nat_stage_eval    runs the compiled rules of one hook; nothing else, because the verifier
+ *                     must follow every exit of the rule loop through whatever comes after it
+ *   nat_stage_route   applies DNAT/REDIRECT, routes the translated destination, prepares
+ *                     POSTROUTING (skipped for local destinations)
+ *   nat_stage_commit  applies SNAT/MASQUERADE, creates both conntrack halves (source-port
+ *                     allocation), rewrites and sends. If nothing translates, the packet gets
+ *                     the verdict its entry program would have given it.
+ * They pass the flow's state in nat_scratch. At XDP (only the uplink's ingress) a flow whose
+ * translated destination is not an endpoint is declined before anything is written: XDP_PASS,
+ * and the uplink's TC program judges the untouched packet again.
+ */
+#ifndef DOCKLINE_NAT_STAGES_H
+#define DOCKLINE_NAT_STAGES_H
+
+#include "nat.h"
+#include "endpoint.h"
+
+/* Nothing translates: the entry program's own verdict. */
+static __always_inline int declined(dl_ctx *ctx, struct nat_scratch *s)
+{
+#ifdef DL_XDP
+	count_verdict(VERDICT_XDP_PASS, ctx_len(ctx));
+	return CTX_ACT_OK;
+#endif
+	if (s->origin == NAT_ORIGIN_LOCAL_OUT) {
+		ct_track_identity(&s->p.key, s->state, s->flags);
+		count_verdict(VERDICT_UPLINK_PASS, ctx_len(ctx));
+		return CTX_ACT_OK;
+	}
+#ifndef DL_XDP
+	if (s->origin == NAT_ORIGIN_ENDPOINT) {
+		__u32 ifindex = ctx_ifindex(ctx);
+		return endpoint_finish(ctx, endpoints_by_ifindex.lookup(&ifindex), VERDICT_PASS);
+	}
+#endif
+	count_verdict(VERDICT_UPLINK_PASS, ctx_len(ctx));
+	return CTX_ACT_OK;
+}
+
+static __always_inline int finish(dl_ctx *ctx, struct nat_scratch *s, __u32 code, int action)
+{
+	if (s->origin == NAT_ORIGIN_ENDPOINT)
+		count_endpoint(ctx_ifindex(ctx), code, ctx_len(ctx));
+	else
+		count_verdict(code, ctx_len(ctx));
+	return action;
+}
+
+static __always_inline int nat_stage_eval(dl_ctx *ctx)
+{
+	struct nat_scratch *s = scratch();
+	struct nat_match_pkt m;
+	struct nat_decision d = {};
+	__u32 resume = 0;
+
+	if (!s)
+		return CTX_ACT_OK;
+	m = s->m;
+	nat_evaluate_from(s->pc, &m, &d, &resume, MAX_NAT_STEPS);
+	s->d = d;
+	if (d.op == NAT_OP_LOOKUP) {
+		if (nat_exact_match(d.table, &m, &s->d) || s->lookups >= NAT_MAX_LOOKUPS) {
+			if (s->d.op == NAT_OP_LOOKUP)
+				s->d.op = NAT_OP_ACCEPT;
+		} else {
+			/* not in the table: evaluate on from the next instruction, in a fresh run of
+			 * this program (a tail call to itself) */
+			s->pc = resume;
+			s->lookups += 1;
+			nat_tail_call(ctx, NAT_TAIL_EVAL);
+			return CTX_ACT_OK;
+		}
+	}
+	nat_tail_call(ctx, s->next);
+	/* only if the next stage is missing (never once the agent has set up nat_tail). Nothing
+	 * heavier here: the verifier follows every exit of the rule loop through this code. */
+	return CTX_ACT_OK;
+}
+
+static __always_inline int nat_stage_route(dl_ctx *ctx)
+{
+	struct nat_scratch *s = scratch();
+	struct nat_pkt *p;
+	int l4;
+
+	if (!s)
+		return CTX_ACT_OK;
+	p = &s->p;
+	l4 = p->key.proto == IPPROTO_TCP || p->key.proto == IPPROTO_UDP;
+	s->ts = p->key.saddr;
+	s->td = p->key.daddr;
+	s->tsp = p->key.sport;
+	s->tdp = p->key.dport;
+	s->kind = 0;
+	s->state = CT_ST_NEW;
+	s->flags = 0;
+	if (s->d.op == NAT_OP_DNAT || s->d.op == NAT_OP_REDIRECT) {
+		if (s->d.op == NAT_OP_REDIRECT) {
+			__u32 iif = s->iif;
+			__be32 *a = nat_ifaddr.lookup(&iif);
+			if (!a)
+				return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
+			s->td = *a;
+			s->kind |= CT_K_LOCAL;
+		} else {
+			s->td = s->d.to_addr;
+		}
+		if (l4 && s->d.to_port_min)
+			s->tdp = bpf_htons(s->d.to_port_min);
+		s->kind |= CT_K_DNAT;
+	}
+	/* a mid-stream TCP packet (no SYN) is picked up only if no socket of the host owns it */
+	if (p->key.proto == IPPROTO_TCP && !(p->tcp_flags & TCP_SYN)) {
+		if (s->kind && host_socket_owns(ctx, IPPROTO_TCP, p->key.saddr, p->key.daddr, p->key.sport,
+						p->key.dport))
+			return declined(ctx, s);
+		s->state = CT_ST_ESTABLISHED;
+		s->flags = CT_F_LOOSE;
+	}
+	__builtin_memset(&s->r, 0, sizeof(s->r));
+	nat_route(ctx, s->ts, s->td, &s->r);
+	if (!nat_hook_takes(&s->r))
+		return declined(ctx, s);
+	s->d.op = NAT_OP_ACCEPT;
+	if (s->origin == NAT_ORIGIN_ENDPOINT && s->r.kind == ROUTE_ENDPOINT) {
+		/* isolation: only a DNATed flow (a published port) may reach another network */
+		if (!(s->kind & CT_K_DNAT) && s->r.net_id != s->net_id)
+			return declined(ctx, s);
+		/* a container reaching its own address through a DNAT: the reply must come back
+		 * through us, so unless POSTROUTING says otherwise its source becomes its gateway
+		 * (Docker writes a MASQUERADE rule per published port for this) */
+		if ((s->kind & CT_K_DNAT) && s->td == s->ts)
+			s->hairpin = 1;
+	}
+	if (!(s->kind & CT_K_LOCAL) && s->r.oif) {
+		s->m.saddr = s->ts;
+		s->m.daddr = s->td;
+		s->m.sport = l4 ? bpf_ntohs(s->tsp) : 0;
+		s->m.dport = l4 ? bpf_ntohs(s->tdp) : 0;
+		s->m.iif = 0;
+		s->m.oif = s->r.oif;
+		s->m.src_local = is_local_addr(s->ts);
+		s->m.dst_local = is_local_addr(s->td);
+		s->hook = NAT_HOOK_POSTROUTING;
+		s->pc = nat_hook_entry(NAT_HOOK_POSTROUTING);
+		s->lookups = 0;
+		s->next = NAT_TAIL_COMMIT;
+		nat_tail_call(ctx, NAT_TAIL_EVAL);
+		return declined(ctx, s);
+	}
+	nat_tail_call(ctx, NAT_TAIL_COMMIT);
+	return declined(ctx, s);
+}
+
+static __always_inline int nat_stage_commit(dl_ctx *ctx)
+{
+	struct nat_scratch *s = scratch();
+	struct nat_config *cfg;
+	struct nat_route r;
+	struct nat_pkt p;
+	__u32 zero = 0, code = 0;
+	__u16 pmin, pmax;
+	__be16 used = 0;
+	int l4, check_host = 0, action;
+
+	if (!s)
+		return CTX_ACT_OK;
+	p = s->p;
+	r = s->r;
+	l4 = p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP;
+	if (s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) {
+		if (s->d.op == NAT_OP_MASQUERADE) {
+			__u32 oif = r.oif;
+			__be32 *a = nat_ifaddr.lookup(&oif);
+			if (!a)
+				return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
+			s->ts = *a;
+		} else {
+			s->ts = s->d.to_addr;
+		}
+		s->kind |= CT_K_SNAT;
+		/* the host's own socket holds its original tuple: that one is not a collision */
+		check_host = is_local_addr(s->ts) &&
+			     !(s->origin == NAT_ORIGIN_LOCAL_OUT && s->ts == p.key.saddr);
+	} else if (s->hairpin) {
+		__u32 iif = s->iif;
+		__be32 *gw = nat_ifaddr.lookup(&iif);
+		if (!gw)
+			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
+		s->ts = *gw;
+		s->kind |= CT_K_SNAT;
+	}
+	if (!s->kind)
+		return declined(ctx, s);
+	if (r.kind != ROUTE_STACK && p.ttl <= 1) {
+		nat_count(NAT_C_TTL_EXCEEDED);
+		return declined(ctx, s);
+	}
+	cfg = nat_config.lookup(&zero);
+	pmin = cfg ? cfg->port_min : 32768;
+	pmax = cfg ? cfg->port_max : 65535;
+	/* only a SNAT/MASQUERADE decision's ports: the hairpin SNAT of tc_nat_route leaves
+	 * PREROUTING's DNAT ports in s->d */
+	if ((s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) && l4 && s->d.to_port_min) {
+		pmin = s->d.to_port_min;
+		pmax = s->d.to_port_max;
+		if (bpf_ntohs(s->tsp) < pmin || bpf_ntohs(s->tsp) > pmax)
+			s->tsp = bpf_htons(pmin);
+	}
+	if (pmax < pmin)
+		pmax = pmin;
+	if (ct_create(ctx, &p.key, s->ts, s->td, s->tsp, s->tdp, s->kind, s->state, s->flags, pmin, pmax,
+		      check_host, &used) < 0)
+		return finish(ctx, s, DROP_NAT_NO_PORT, CTX_ACT_SHOT);
+	if (nat_rewrite(ctx, &p, s->ts, s->td, used, s->tdp) < 0)
+		return finish(ctx, s, DROP_MALFORMED, CTX_ACT_SHOT);
+	action = nat_forward(ctx, &r, &code);
+	return finish(ctx, s, code, action);
+}
+
+#endif
