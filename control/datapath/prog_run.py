@@ -60,7 +60,18 @@ class SkBuff(ctypes.Structure):
     ]
 
 
+class XdpMd(ctypes.Structure):
+    """struct xdp_md (uapi/linux/bpf.h) as an XDP test-run ctx: data must be 0 and data_end the
+    packet's length (prog_test_run fills both), ingress_ifindex an existing device of the
+    caller's netns with rx_queue_index below its queue count, egress_ifindex 0."""
+
+    _fields_ = [("data", ctypes.c_uint32), ("data_end", ctypes.c_uint32), ("data_meta", ctypes.c_uint32),
+                ("ingress_ifindex", ctypes.c_uint32), ("rx_queue_index", ctypes.c_uint32),
+                ("egress_ifindex", ctypes.c_uint32)]
+
+
 assert ctypes.sizeof(SkBuff) == 192 and SkBuff.ifindex.offset == 40 and SkBuff.hwtstamp.offset == 184
+assert ctypes.sizeof(XdpMd) == 24
 assert ctypes.sizeof(BpfTestRunOpts) == 80
 
 
@@ -93,7 +104,7 @@ OUT_MAX = 4096
 
 
 def prog_test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None,
-             ctx: SkBuff | None = None, repeat: int = 1) -> RunResult:
+             ctx: SkBuff | XdpMd | None = None, repeat: int = 1) -> RunResult:
     """One BPF_PROG_TEST_RUN (``repeat`` runs). ``ifindex`` builds a __sk_buff ctx with that
     ifindex (TC programs only). Raises RunRefused when the kernel refuses the run."""
     if ifindex is not None:
@@ -104,6 +115,8 @@ def prog_test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None,
                           data_in=ctypes.cast(data_in, ctypes.c_void_p),
                           data_out=ctypes.cast(data_out, ctypes.c_void_p),
                           data_size_in=len(packet), data_size_out=OUT_MAX, repeat=repeat)
+    if isinstance(ctx, XdpMd):
+        ctx.data, ctx.data_end = 0, len(packet)
     if ctx is not None:
         opts.ctx_in = ctypes.addressof(ctx)
         opts.ctx_size_in = ctypes.sizeof(ctx)

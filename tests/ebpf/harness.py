@@ -30,10 +30,11 @@ TC_ACT_SHOT = 2
 TC_ACT_REDIRECT = 7
 XDP_DROP = 1
 XDP_PASS = 2
+XDP_REDIRECT = 4
 
 
 from dockline.control.datapath.prog_run import (OUT_MAX, BpfTestRunOpts, RunRefused, RunResult,  # noqa: E402,F401
-                                                 SkBuff, bench, prog_test_run, run)
+                                                 SkBuff, XdpMd, bench, prog_test_run, run)
 
 
 # ---------------------------------------------------------------- maps

@@ -34,7 +34,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
-from .harness import TEST_RUN_IFINDEX, Endpoint, Maps, SkBuff, Tuple, prog_test_run
+from .harness import TEST_RUN_IFINDEX, Endpoint, Maps, SkBuff, Tuple, XdpMd, prog_test_run
 
 TCP_P, UDP_P, ICMP_P = 6, 17, 1
 
@@ -208,6 +208,12 @@ class World:
     def uplink(self, pkt: bytes, ifindex: int | None = None):
         """tc_uplink_ingress on a frame arriving by up0 (or ``ifindex``): (retval, out)."""
         r = prog_test_run(self.fds["tc_uplink_ingress"], pkt, ctx=SkBuff(ifindex=ifindex or self.up0))
+        return r.retval, r.out
+
+    def xdp(self, pkt: bytes, ifindex: int | None = None):
+        """xdp_uplink (native XDP on the uplink) on a frame arriving by up0: (retval, out). An
+        XDP_REDIRECT is only reported, not carried out (no BPF_F_TEST_XDP_LIVE_FRAMES)."""
+        r = prog_test_run(self.fds["xdp_uplink"], pkt, ctx=XdpMd(ingress_ifindex=ifindex or self.up0))
         return r.retval, r.out
 
     def egress(self, pkt: bytes):
