@@ -50,7 +50,7 @@ def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
 
 
 _KEY = struct.Struct("=I4s2sBx")       # struct nat_exact_key, bytes as in the map
-_VAL = struct.Struct("=4s2sBxI")       # struct nat_exact_val
+_VAL = struct.Struct("=4s2sBBI")       # struct nat_exact_val
 
 
 def exact_key_raw(k: C.ExactKey) -> bytes:
@@ -58,7 +58,8 @@ def exact_key_raw(k: C.ExactKey) -> bytes:
 
 
 def exact_value_raw(v: C.ExactValue) -> bytes:
-    return _VAL.pack(v.to_addr.packed, v.to_port.to_bytes(2, "big"), int(v.iif_neg), v.iif)
+    return _VAL.pack(v.to_addr.packed, v.to_port.to_bytes(2, "big"), int(v.iif_neg),
+                     S.NAT_XF_HAIRPIN_MASQ if v.hairpin_masq else 0, v.iif)
 
 
 def exact_key(k: C.ExactKey) -> S.NatExactKey:

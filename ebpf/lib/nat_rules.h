@@ -32,6 +32,7 @@ struct nat_match_pkt {
 
 struct nat_decision {
 	__u8   op;           /* NAT_OP_ACCEPT (no translation), DNAT, SNAT, MASQUERADE, REDIRECT */
+	__u8   flags;        /* NAT_XF_* of the exact entry that decided, 0 otherwise */
 	__be32 to_addr;
 	__u16  to_port_min;  /* host order, 0 = keep */
 	__u16  to_port_max;
@@ -113,6 +114,7 @@ static __always_inline int nat_exact_match(__u32 table, const struct nat_match_p
 	if (!v)
 		return 0;
 	d->op = NAT_OP_DNAT;
+	d->flags = v->flags;
 	d->to_addr = v->to_addr;
 	d->to_port_min = d->to_port_max = bpf_ntohs(v->to_port);
 	return 1;

@@ -132,10 +132,12 @@ static __always_inline int nat_stage_route(dl_ctx *ctx)
 		/* isolation: only a DNATed flow (a published port) may reach another network */
 		if (!(s->kind & CT_K_DNAT) && s->r.net_id != s->net_id)
 			return declined(ctx, s);
-		/* a container reaching its own address through a DNAT: the reply must come back
-		 * through us, so unless POSTROUTING says otherwise its source becomes its gateway
-		 * (Docker writes a MASQUERADE rule per published port for this) */
-		if ((s->kind & CT_K_DNAT) && s->td == s->ts)
+		/* a container reaching its own address through one of the control plane's published
+		 * ports: unless POSTROUTING says otherwise its source becomes its gateway, so that the
+		 * reply comes back through us (the MASQUERADE rule Docker writes per published port,
+		 * as a flag of the port's exact entry instead of one rule per port). A user's DNAT
+		 * rule gets no such help, as with iptables. */
+		if ((s->kind & CT_K_DNAT) && s->td == s->ts && (s->d.flags & NAT_XF_HAIRPIN_MASQ))
 			s->hairpin = 1;
 	}
 	if (!(s->kind & CT_K_LOCAL) && s->r.oif) {

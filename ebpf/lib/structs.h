@@ -163,9 +163,14 @@ struct nat_exact_val {
 	__be32 to_addr;
 	__be16 to_port;           /* 0 = keep */
 	__u8   iif_neg;           /* 1: the rule says ! -i */
-	__u8   pad;
+	__u8   flags;             /* NAT_XF_* */
 	__u32  iif;               /* 0 = any (host order) */
 };
+
+/* nat_exact_val.flags */
+#define NAT_XF_HAIRPIN_MASQ 0x01  /* a published port of the control plane: a container reaching
+                                   * itself through it is masqueraded to its gateway (the
+                                   * MASQUERADE rule Docker writes per published port) */
 
 /* Key of frag_ports: one fragmented datagram; value: its ports, read from the first fragment. */
 struct frag_key {

@@ -184,18 +184,23 @@ class Maps:
         self.ct.update(to.reverse().key(), ct_entry(orig.reverse(), dir=S.CT_DIR_REPLY, **common))
 
     def apply_nat(self, save_text: str, ifindex=lambda name: None, *, port_min: int = 32768,
-                  port_max: int = 60999, netns_cookie: int = 0):
+                  port_max: int = 60999, netns_cookie: int = 0, published: dict | None = None):
         """Compile an iptables-save text and write it as the agent does (NatMaps.apply); returns
-        the compiled Program (relative pcs, table ids from 1: what interpreter.run takes)."""
+        the compiled Program (relative pcs, table ids from 1: what interpreter.run takes).
+        ``published``: the control plane's published ports ({(host ip, port, proto): (ip, port)},
+        as control_plane_rules makes them) for a chain DOCKLINE the text declares."""
         from dockline.control.datapath.nat_maps import NatMaps
         from dockline.control.nat.compiler import compile_ruleset
         from dockline.control.nat.parser import parse_save
 
+        from dockline.control.datapath.ebpf import exact_entry
+
         rs, _ = parse_save(save_text)
+        managed = {"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]} if published else None
         self._rules_written = True
         NatMaps(self.nat_config, self.nat_rules, self.nat_exact).apply(
-            lambda base: compile_ruleset(rs, ifindex, base), netns_cookie, port_min, port_max)
-        return compile_ruleset(rs, ifindex, 1)
+            lambda base: compile_ruleset(rs, ifindex, base, managed=managed), netns_cookie, port_min, port_max)
+        return compile_ruleset(rs, ifindex, 1, managed=managed)
 
     # -- reads (per-CPU values summed)
     def verdict(self, code: int) -> tuple[int, int]:

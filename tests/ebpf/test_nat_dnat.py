@@ -221,11 +221,20 @@ def test_redirect_without_an_interface_address_drops(world):
     assert world.maps.ct.keys() == []
 
 
+#: the control plane's own chains with c1's published port 8080 (an exact entry with the
+#: hairpin-masquerade flag, as the agent writes it) and egress masquerade
+CONTROL_PLANE = ruleset(""":DOCKLINE - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKLINE
+-A POSTROUTING -s 10.0.0.0/24 ! -o br-n -j MASQUERADE
+""")
+C1_PUBLISHED = {("0.0.0.0", 8080, TCP_P): (C1.ip, 80)}
+
+
 def test_container_reaches_its_own_published_port(world):
-    """c1 -> host:8080 published by c1 itself: the reply must come back through the datapath, so
-    the source becomes the gateway (as Docker's per-port MASQUERADE rule does), keeping the
-    source port; a second connection gets its own flow."""
-    world.rules(DOCKER_HOST)
+    """c1 -> host:8080 published by c1 itself (a control-plane port): the reply must come back
+    through the datapath, so the source becomes the gateway (as Docker's per-port MASQUERADE
+    rule does), keeping the source port; a second connection gets its own flow."""
+    world.rules(CONTROL_PLANE, published=C1_PUBLISHED)
     for sport in (40000, 40001):
         syn = from_c1(TCP(sport=sport, dport=8080, flags="S"), dst=HOST_IP)
         rv, out = world.endpoint(bytes(syn))
@@ -240,8 +249,29 @@ def test_container_reaches_its_own_published_port(world):
     assert_bytes(out, to_c1(ans, src=HOST_IP, sport=8080, dst=C1.ip))
 
 
-def test_own_published_port_without_a_gateway_address_drops(world):
+def test_users_dnat_to_the_sender_itself_is_not_masqueraded(world):
+    """The same connection through a user's DNAT rule with no MASQUERADE rule for it: no SNAT,
+    as with iptables (where the container then drops its own address as a martian source)."""
     world.rules(DOCKER_HOST)
+    syn = from_c1(TCP(sport=40000, dport=8080, flags="S"), dst=HOST_IP)
+    rv, out = world.endpoint(bytes(syn))
+    assert rv == TC_ACT_REDIRECT
+    assert_bytes(out, to_c1(syn, dst=C1.ip, dport=80))
+    assert world.maps.ct_table()[Tuple(C1.ip, HOST_IP, 40000, 8080, TCP_P)].kind == S.CT_K_DNAT
+
+
+def test_users_hairpin_masquerade_rule_applies(world):
+    """With Docker's own per-port rule in the user's POSTROUTING, POSTROUTING does the SNAT."""
+    world.rules(DOCKER_HOST.replace("COMMIT", "-A POSTROUTING -s 10.0.0.2/32 -d 10.0.0.2/32 -p tcp -m tcp "
+                                              "--dport 80 -j MASQUERADE\nCOMMIT"))
+    syn = from_c1(TCP(sport=40000, dport=8080, flags="S"), dst=HOST_IP)
+    rv, out = world.endpoint(bytes(syn))
+    assert rv == TC_ACT_REDIRECT
+    assert_bytes(out, to_c1(syn, src="10.0.0.1", dst=C1.ip, dport=80))
+
+
+def test_own_published_port_without_a_gateway_address_drops(world):
+    world.rules(CONTROL_PLANE, published=C1_PUBLISHED)
     world.maps.nat_ifaddr.delete(BR_N)
     syn = bytes(from_c1(TCP(sport=40000, dport=8080, flags="S"), dst=HOST_IP))
     assert world.endpoint(syn) == (TC_ACT_SHOT, syn)

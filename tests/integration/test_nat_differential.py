@@ -162,9 +162,6 @@ def test_world_a_mirrors_dockline_control_plane(worlds):
 #: Keyed by (rule set, kind, src, dst, dport). They must still differ: if one starts matching,
 #: the entry goes (and the README with it).
 DEVIATIONS = {
-    ("edges", "tcp", "c1", "host_ip", 8086):
-        "a container reaching its own address through a DNAT is SNATed to its gateway by the datapath "
-        "(iptables needs a MASQUERADE rule per port, without one the connection times out)",
     ("edges", "tcp", "host", "host_ip", 7778):
         "OUTPUT REDIRECT of a socket already bound to a port (these flows bind their source port): "
         "the socket layer sends it to 127.0.0.1, so its source becomes 127.0.0.1; iptables keeps "
