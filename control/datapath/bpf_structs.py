@@ -165,14 +165,14 @@ class NatExactKey(ctypes.Structure):
 
 
 class NatExactVal(ctypes.Structure):
-    """struct nat_exact_val { __be32 to_addr; __be16 to_port; __u8 iif_neg; __u8 flags; __u32 iif; };"""
+    """struct nat_exact_val { __be32 to_addr; __be16 to_port; __u8 iif_neg; __u8 pad; __u32 iif; };"""
 
     _fields_ = [("to_addr", ctypes.c_uint32), ("to_port", ctypes.c_uint16), ("iif_neg", ctypes.c_uint8),
-                ("flags", ctypes.c_uint8), ("iif", ctypes.c_uint32)]
+                ("pad", ctypes.c_uint8), ("iif", ctypes.c_uint32)]
 
 
-#: nat_exact_val.flags (structs.h NAT_XF_*)
-NAT_XF_HAIRPIN_MASQ = 0x01
+#: nat_exact table id of the published ports' targets (structs.h NAT_HAIRPIN_TABLE)
+NAT_HAIRPIN_TABLE = 0
 
 
 class FragKey(ctypes.Structure):

@@ -67,7 +67,7 @@ def control_plane_rules(state) -> tuple[Ruleset, dict]:
     ``{(host_ip, host_port, proto number): (container ip, container port)}``: thousands of ports
     never become Rule objects, and comparing two such dicts is cheap. A container reaching its
     own published port is SNATed to its gateway by the datapath itself (the hairpin rule Docker
-    writes per port is the NAT_XF_HAIRPIN_MASQ flag of the port's exact entry)."""
+    writes per port: NatMaps.sync_hairpin_targets)."""
     rs = Ruleset()
     rs.chains["DOCKLINE"] = []
     rs.chains["DOCKLINE-POSTROUTING"] = []
@@ -99,7 +99,7 @@ def exact_entry(key, value) -> tuple:
     """A published port as the compiler's (daddr, port, proto, ExactValue)."""
     host_ip, port, proto = key
     daddr = nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip)
-    return (daddr, port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1], hairpin_masq=True))
+    return (daddr, port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1]))
 
 
 def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
@@ -332,6 +332,12 @@ class EbpfDatapath(KernelDatapath):
 
     def _apply_nat(self, state) -> dict:
         rs, published = merged_ruleset(state, getattr(state, "nat_rules", ""))
+        result = self._apply_nat_rules(rs, published)
+        result["hairpin_ops"] = self.nat.sync_hairpin_targets(
+            {(ip, cport, proto) for (_, _, proto), (ip, cport) in published.items()})
+        return result
+
+    def _apply_nat_rules(self, rs: Ruleset, published: dict) -> dict:
         fingerprint = (rs.save(), tuple(sorted((n, links.link_index(self.ipr, n)) for n in _iface_names(rs))))
         last = self._last_compile
         if (last and last["fingerprint"] == fingerprint

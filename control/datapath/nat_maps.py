@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import struct
 
@@ -50,7 +51,7 @@ def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
 
 
 _KEY = struct.Struct("=I4s2sBx")       # struct nat_exact_key, bytes as in the map
-_VAL = struct.Struct("=4s2sBBI")       # struct nat_exact_val
+_VAL = struct.Struct("=4s2sBxI")       # struct nat_exact_val
 
 
 def exact_key_raw(k: C.ExactKey) -> bytes:
@@ -58,8 +59,7 @@ def exact_key_raw(k: C.ExactKey) -> bytes:
 
 
 def exact_value_raw(v: C.ExactValue) -> bytes:
-    return _VAL.pack(v.to_addr.packed, v.to_port.to_bytes(2, "big"), int(v.iif_neg),
-                     S.NAT_XF_HAIRPIN_MASQ if v.hairpin_masq else 0, v.iif)
+    return _VAL.pack(v.to_addr.packed, v.to_port.to_bytes(2, "big"), int(v.iif_neg), v.iif)
 
 
 def exact_key(k: C.ExactKey) -> S.NatExactKey:
@@ -68,6 +68,10 @@ def exact_key(k: C.ExactKey) -> S.NatExactKey:
 
 def exact_value(v: C.ExactValue) -> S.NatExactVal:
     return S.NatExactVal.from_buffer_copy(exact_value_raw(v))
+
+
+def _hairpin_tuple(k: S.NatExactKey) -> tuple:
+    return (S.ip_text(k.daddr), S.be16_value(k.dport), k.proto)
 
 
 def _raw(ct) -> bytes:
@@ -81,6 +85,7 @@ class NatMaps:
         self.config, self.rules, self.exact = config, rules, exact
         self._live_rules: list[bytes] | None = None     # instructions of the live generation
         self._live_exact: dict[bytes, bytes] | None = None
+        self._hairpin: set | None = None                 # NAT_HAIRPIN_TABLE as last written
 
     def live_config(self) -> S.NatConfig:
         return self.config.lookup(0) or S.NatConfig()
@@ -188,9 +193,28 @@ class NatMaps:
         return {"generation": self.live_config().generation, "instructions": len(self._live_rules),
                 "exact_written": written, "exact_removed": removed, "flipped": False}
 
+    def sync_hairpin_targets(self, targets: set) -> int:
+        """Make table NAT_HAIRPIN_TABLE hold exactly ``targets`` ({(container ip, port, proto)}):
+        the published ports' targets, which a container reaching itself there is masqueraded
+        for. Only the difference is written; the first call reads what the map holds (restart).
+        Returns the number of map operations."""
+        if self._hairpin is None:
+            self._hairpin = {_hairpin_tuple(k) for k in self.exact.keys() if k.table == S.NAT_HAIRPIN_TABLE}
+        ops = 0
+        for ip, port, proto in targets - self._hairpin:
+            key = exact_key(C.ExactKey(S.NAT_HAIRPIN_TABLE, ipaddress.IPv4Address(ip), port, proto))
+            self.exact.update(key, exact_value(C.ExactValue(ipaddress.IPv4Address(ip), port)))
+            ops += 1
+        for ip, port, proto in self._hairpin - targets:
+            self.exact.delete(exact_key(C.ExactKey(S.NAT_HAIRPIN_TABLE, ipaddress.IPv4Address(ip), port, proto)))
+            ops += 1
+        self._hairpin = set(targets)
+        return ops
+
     def clear(self) -> None:
         """Empty every rule (the datapath then translates nothing new)."""
         self.config.update(0, S.NatConfig(entry=(ctypes.c_uint32 * 4)(*([0xFFFFFFFF] * 4))))
         for k in self.exact.keys():
             self.exact.delete(k)
+        self._hairpin = set()
         self._live_rules, self._live_exact = [], {}

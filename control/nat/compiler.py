@@ -88,7 +88,6 @@ class ExactValue:
     to_port: int                      # 0 = keep
     iif: int = 0
     iif_neg: bool = False
-    hairpin_masq: bool = False        # a control-plane published port (structs.h NAT_XF_HAIRPIN_MASQ)
 
 
 @dataclass

@@ -32,7 +32,6 @@ struct nat_match_pkt {
 
 struct nat_decision {
 	__u8   op;           /* NAT_OP_ACCEPT (no translation), DNAT, SNAT, MASQUERADE, REDIRECT */
-	__u8   flags;        /* NAT_XF_* of the exact entry that decided, 0 otherwise */
 	__be32 to_addr;
 	__u16  to_port_min;  /* host order, 0 = keep */
 	__u16  to_port_max;
@@ -114,10 +113,18 @@ static __always_inline int nat_exact_match(__u32 table, const struct nat_match_p
 	if (!v)
 		return 0;
 	d->op = NAT_OP_DNAT;
-	d->flags = v->flags;
 	d->to_addr = v->to_addr;
 	d->to_port_min = d->to_port_max = bpf_ntohs(v->to_port);
 	return 1;
+}
+
+/* Is (daddr, dport, proto) the target of a published port (NAT_HAIRPIN_TABLE)? dport is
+ * network order. */
+static __always_inline int nat_hairpin_target(__be32 daddr, __be16 dport, __u8 proto)
+{
+	struct nat_exact_key k = { .table = NAT_HAIRPIN_TABLE, .daddr = daddr, .dport = dport, .proto = proto };
+
+	return nat_exact.lookup(&k) != NULL;
 }
 
 static __always_inline __u32 nat_hook_entry(__u32 hook)

@@ -132,12 +132,14 @@ static __always_inline int nat_stage_route(dl_ctx *ctx)
 		/* isolation: only a DNATed flow (a published port) may reach another network */
 		if (!(s->kind & CT_K_DNAT) && s->r.net_id != s->net_id)
 			return declined(ctx, s);
-		/* a container reaching its own address through one of the control plane's published
-		 * ports: unless POSTROUTING says otherwise its source becomes its gateway, so that the
-		 * reply comes back through us (the MASQUERADE rule Docker writes per published port,
-		 * as a flag of the port's exact entry instead of one rule per port). A user's DNAT
-		 * rule gets no such help, as with iptables. */
-		if ((s->kind & CT_K_DNAT) && s->td == s->ts && (s->d.flags & NAT_XF_HAIRPIN_MASQ))
+		/* a container reaching itself, through any DNAT, at the target of one of the control
+		 * plane's published ports: its source becomes its gateway, so that the reply comes
+		 * back through us. This is Docker's per-port rule "-s C -d C -p P --dport CPORT -j
+		 * MASQUERADE" (first in POSTROUTING, so it wins over the user's rules), as one lookup
+		 * instead of a rule per port. Any other DNAT to the sender itself is left to the
+		 * POSTROUTING rules, as with iptables. */
+		if ((s->kind & CT_K_DNAT) && s->td == s->ts &&
+		    nat_hairpin_target(s->td, s->tdp, p->key.proto))
 			s->hairpin = 1;
 	}
 	if (!(s->kind & CT_K_LOCAL) && s->r.oif) {

@@ -163,14 +163,16 @@ struct nat_exact_val {
 	__be32 to_addr;
 	__be16 to_port;           /* 0 = keep */
 	__u8   iif_neg;           /* 1: the rule says ! -i */
-	__u8   flags;             /* NAT_XF_* */
+	__u8   pad;
 	__u32  iif;               /* 0 = any (host order) */
 };
 
-/* nat_exact_val.flags */
-#define NAT_XF_HAIRPIN_MASQ 0x01  /* a published port of the control plane: a container reaching
-                                   * itself through it is masqueraded to its gateway (the
-                                   * MASQUERADE rule Docker writes per published port) */
+/* Table id 0 of nat_exact (never a compiled table: generations start at 1) holds the targets of
+ * the control plane's published ports, key (0, container address, container port, proto), value
+ * unused: a container reaching one of them at its own address is masqueraded to its gateway.
+ * These are the per-port rules Docker writes, "-s C -d C -p P --dport CPORT -j MASQUERADE",
+ * which match whatever DNAT led there. */
+#define NAT_HAIRPIN_TABLE 0
 
 /* Key of frag_ports: one fragmented datagram; value: its ports, read from the first fragment. */
 struct frag_key {

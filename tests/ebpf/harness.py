@@ -198,8 +198,9 @@ class Maps:
         rs, _ = parse_save(save_text)
         managed = {"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]} if published else None
         self._rules_written = True
-        NatMaps(self.nat_config, self.nat_rules, self.nat_exact).apply(
-            lambda base: compile_ruleset(rs, ifindex, base, managed=managed), netns_cookie, port_min, port_max)
+        nat = NatMaps(self.nat_config, self.nat_rules, self.nat_exact)
+        nat.apply(lambda base: compile_ruleset(rs, ifindex, base, managed=managed), netns_cookie, port_min, port_max)
+        nat.sync_hairpin_targets({(ip, cport, proto) for (_, _, proto), (ip, cport) in (published or {}).items()})
         return compile_ruleset(rs, ifindex, 1, managed=managed)
 
     # -- reads (per-CPU values summed)

@@ -249,9 +249,21 @@ def test_container_reaches_its_own_published_port(world):
     assert_bytes(out, to_c1(ans, src=HOST_IP, sport=8080, dst=C1.ip))
 
 
+def test_users_dnat_to_a_published_target_is_masqueraded_too(world):
+    """Docker's per-port rule matches the target (c1, tcp, 80), whatever DNAT led there: a
+    user's rule to c1:80 from c1 itself gets the gateway as source as well."""
+    world.rules(CONTROL_PLANE.replace("COMMIT", "-A PREROUTING -p tcp -m tcp --dport 7070 -j DNAT "
+                                                "--to-destination 10.0.0.2:80\nCOMMIT"), published=C1_PUBLISHED)
+    syn = from_c1(TCP(sport=40000, dport=7070, flags="S"), dst=HOST_IP)
+    rv, out = world.endpoint(bytes(syn))
+    assert rv == TC_ACT_REDIRECT
+    assert_bytes(out, to_c1(syn, src="10.0.0.1", dst=C1.ip, dport=80))
+
+
 def test_users_dnat_to_the_sender_itself_is_not_masqueraded(world):
-    """The same connection through a user's DNAT rule with no MASQUERADE rule for it: no SNAT,
-    as with iptables (where the container then drops its own address as a martian source)."""
+    """A user's DNAT rule from c1 to itself at a port nobody published, with no MASQUERADE rule
+    for it: no SNAT, as with iptables (where the container then drops its own address as a
+    martian source)."""
     world.rules(DOCKER_HOST)
     syn = from_c1(TCP(sport=40000, dport=8080, flags="S"), dst=HOST_IP)
     rv, out = world.endpoint(bytes(syn))
