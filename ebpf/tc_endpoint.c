@@ -4,7 +4,9 @@
  *      control plane assigned to this veth (endpoints_by_ifindex).
  *   2. NAT (lib/nat.h), except for endpoints of internal networks: a packet of a translated flow
  *      (a reply from a published port, masqueraded egress, hairpin) is translated and sent on;
- *      a routed packet (to the gateway MAC) of a new flow is judged by the NAT rules.
+ *      a routed packet (to the gateway MAC) of a new flow is judged by the NAT rules, and so is a
+ *      frame to another endpoint of the same bridge where some rule could translate it
+ *      (NET_F_BRIDGED_NAT: Docker hosts run br_netfilter, so iptables sees bridged IPv4 too).
  *   3. Isolation: an IPv4 destination that is an endpoint of another network is dropped.
  *   4. Fast path: IPv4 unicast to an endpoint of the same network, addressed to its MAC, goes
  *      straight into that endpoint's namespace with bpf_redirect_peer (no bridge, no backlog).
@@ -53,6 +55,26 @@ static __always_inline __u32 endpoint_checks(struct __sk_buff *skb, struct endpo
 	return VERDICT_PASS;
 }
 
+/* Is the frame an IPv4 unicast to another endpoint of the sender's network, at its MAC (a frame
+ * the bridge would forward, not route)? */
+static __always_inline int to_peer(struct __sk_buff *skb, const struct endpoint_info *self)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct hdr_cursor c = { .pos = data };
+	struct ip_endpoint *dst;
+	struct ethhdr *eth = parse_eth(&c, end);
+	struct iphdr *ip;
+
+	if (!eth)
+		return 0;
+	ip = parse_ipv4(&c, end);
+	if (!ip)
+		return 0;
+	dst = endpoints_by_ip.lookup(&ip->daddr);
+	return dst && dst->net_id == self->net_id && mac_equal(eth->h_dest, dst->mac);
+}
+
 /* Is the frame addressed to the gateway (routed), as opposed to a peer on the same L2? */
 static __always_inline int to_gateway(struct __sk_buff *skb, const struct net_info *ni)
 {
@@ -78,8 +100,10 @@ int tc_from_endpoint(struct __sk_buff *skb)
 		__u32 net = self->net_id;
 		struct net_info *ni = net_info.lookup(&net);
 		if (ni) {
-			action = nat_ingress(skb, ni->bridge_ifindex, to_gateway(skb, ni), NAT_ORIGIN_ENDPOINT,
-					     net, &code);
+			int new_flows = to_gateway(skb, ni) ? NAT_NEW_ROUTED :
+					(ni->flags & NET_F_BRIDGED_NAT) && to_peer(skb, self) ? NAT_NEW_BRIDGED :
+					NAT_NEW_NONE;
+			action = nat_ingress(skb, ni->bridge_ifindex, new_flows, NAT_ORIGIN_ENDPOINT, net, &code);
 			if (action != NAT_DECLINE) {
 				count_endpoint(ifindex, code, skb->len);
 				return action;

@@ -18,7 +18,7 @@
 int tc_uplink_ingress(struct __sk_buff *skb)
 {
 	__u32 code = VERDICT_UPLINK_PASS, len = skb->len;
-	int action = nat_ingress(skb, skb->ifindex, 1, NAT_ORIGIN_UPLINK, 0, &code);
+	int action = nat_ingress(skb, skb->ifindex, NAT_NEW_ROUTED, NAT_ORIGIN_UPLINK, 0, &code);
 
 	if (action == NAT_DECLINE)
 		action = TC_ACT_OK;

@@ -48,7 +48,7 @@ int xdp_uplink(struct xdp_md *ctx)
 	if (code >= DROP_BASE) {
 		action = XDP_DROP;
 	} else {
-		action = nat_ingress(ctx, ifindex, 1, NAT_ORIGIN_UPLINK, 0, &code);
+		action = nat_ingress(ctx, ifindex, NAT_NEW_ROUTED, NAT_ORIGIN_UPLINK, 0, &code);
 		if (action == NAT_DECLINE)
 			action = XDP_PASS;
 	}

@@ -87,10 +87,14 @@ EP_F_INTERNAL = 1
 
 
 class NetInfo(ctypes.Structure):
-    """struct net_info { __u32 bridge_ifindex; __be32 gateway; __u8 gw_mac[6]; __u16 pad; };"""
+    """struct net_info { __u32 bridge_ifindex; __be32 gateway; __u8 gw_mac[6]; __u16 flags; };"""
 
     _fields_ = [("bridge_ifindex", ctypes.c_uint32), ("gateway", ctypes.c_uint32),
-                ("gw_mac", ctypes.c_ubyte * 6), ("pad", ctypes.c_uint16)]
+                ("gw_mac", ctypes.c_ubyte * 6), ("flags", ctypes.c_uint16)]
+
+
+#: net_info.flags (structs.h NET_F_*)
+NET_F_BRIDGED_NAT = 0x0001
 
 
 # ---- NAT and conntrack

@@ -30,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
+from ..nat.bridged import bridged_nat_bridges
 from ..nat.parser import parse_save
 from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
@@ -151,6 +152,8 @@ class EbpfDatapath(KernelDatapath):
         self.cookie = 0
         self.last_nat_apply: dict = {}
         self._last_compile: dict | None = None     # what apply_nat compiled last (fast path)
+        self._bridged: set[str] = set()             # bridges with NET_F_BRIDGED_NAT
+        self._bridged_key = None
 
     # ---------------------------------------------------------------- host
     def setup_host(self):
@@ -269,8 +272,9 @@ class EbpfDatapath(KernelDatapath):
         if idx is None:
             return
         mac = self.ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        flags = S.NET_F_BRIDGED_NAT if net.bridge in self._bridged else 0
         self.maps["net_info"].update(net_number(net.id), S.NetInfo(
-            bridge_ifindex=idx, gateway=S.be32(net.gateway), gw_mac=S.mac_bytes(mac), pad=0))
+            bridge_ifindex=idx, gateway=S.be32(net.gateway), gw_mac=S.mac_bytes(mac), flags=flags))
 
     def remove_network(self, net):
         self.maps["net_info"].delete(net_number(net.id))
@@ -335,7 +339,24 @@ class EbpfDatapath(KernelDatapath):
         result = self._apply_nat_rules(rs, published)
         result["hairpin_ops"] = self.nat.sync_hairpin_targets(
             {(ip, cport, proto) for (_, _, proto), (ip, cport) in published.items()})
+        self._sync_bridged_nat(rs, state)
         return result
+
+    def _sync_bridged_nat(self, rs: Ruleset, state) -> None:
+        """Set NET_F_BRIDGED_NAT on the networks whose bridged frames a rule could translate
+        (control/nat/bridged.py); recomputed only when the rules or the networks changed."""
+        nets = [n for n in state.networks if n.driver == "bridge" and not n.internal]
+        key = (rs.save(), tuple(sorted((n.bridge, n.subnet) for n in nets)))
+        if key == self._bridged_key:
+            return
+        want = bridged_nat_bridges(rs, nets)
+        changed = want ^ self._bridged
+        self._bridged, self._bridged_key = want, key
+        for n in nets:
+            if n.bridge in changed:
+                self.ensure_network(n)
+                log.info("network %s: frames between its endpoints are %s by the nat rules", n.name,
+                         "judged" if n.bridge in want else "no longer judged")
 
     def _apply_nat_rules(self, rs: Ruleset, published: dict) -> dict:
         fingerprint = (rs.save(), tuple(sorted((n, links.link_index(self.ipr, n)) for n in _iface_names(rs))))

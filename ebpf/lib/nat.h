@@ -241,6 +241,7 @@ struct nat_scratch {
 	__u32 origin;             /* NAT_ORIGIN_*: what to do when nothing translates */
 	__u32 net_id;             /* NAT_ORIGIN_ENDPOINT: the sender's network */
 	__u32 hairpin;            /* an endpoint reaching its own address through a DNAT */
+	__u32 bridged;            /* a frame between two endpoints of one bridge (NAT_NEW_BRIDGED) */
 	__be32 ts, td;       /* the translated tuple so far */
 	__be16 tsp, tdp;
 	__u8 kind;
@@ -273,9 +274,16 @@ static __always_inline struct nat_scratch *scratch(void)
 	return nat_scratch.lookup(&zero);
 }
 
+#define NAT_NEW_NONE     0   /* nat_ingress: a miss is not a new flow */
+#define NAT_NEW_ROUTED   1   /* a miss starts a new flow (a routed packet) */
+#define NAT_NEW_BRIDGED  2   /* the same for a frame to another endpoint of the sender's bridge
+                              * (bridge-netfilter semantics, NET_F_BRIDGED_NAT): a flow nothing
+                              * translates is tracked untranslated, so that its later packets do
+                              * not go through the rules again */
+
 /* Translate a packet of a tracked flow (or an ICMP error about one). A miss that may start a
- * new flow (allow_new: routed packets with an L4 header) continues in the NAT_TAIL_PRE stage and
- * does not return; otherwise NAT_DECLINE. iif: the logical in-interface (-i). */
+ * new flow (allow_new, NAT_NEW_*; packets with an L4 header only) continues in the tail-called
+ * stages and does not return; otherwise NAT_DECLINE. iif: the logical in-interface (-i). */
 static __always_inline int nat_ingress(dl_ctx *ctx, __u32 iif, int allow_new, __u32 origin,
 				       __u32 net_id, __u32 *code)
 {
@@ -331,6 +339,7 @@ static __always_inline int nat_ingress(dl_ctx *ctx, __u32 iif, int allow_new, __
 	s->origin = origin;
 	s->net_id = net_id;
 	s->hairpin = 0;
+	s->bridged = allow_new == NAT_NEW_BRIDGED;
 	__builtin_memset(&s->m, 0, sizeof(s->m));
 	if (p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP) {
 		s->m.sport = bpf_ntohs(p.key.sport);
@@ -383,6 +392,7 @@ static __always_inline int nat_egress(dl_ctx *ctx, int local_out, __u32 *code)
 		s->origin = NAT_ORIGIN_LOCAL_OUT;
 		s->net_id = 0;
 		s->hairpin = 0;
+		s->bridged = 0;
 		s->ts = p.key.saddr;
 		s->td = p.key.daddr;
 		s->tsp = p.key.sport;

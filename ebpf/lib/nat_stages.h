@@ -36,6 +36,8 @@ static __always_inline int declined(dl_ctx *ctx, struct nat_scratch *s)
 #ifndef DL_XDP
 	if (s->origin == NAT_ORIGIN_ENDPOINT) {
 		__u32 ifindex = ctx_ifindex(ctx);
+		if (s->bridged)
+			ct_track_identity(&s->p.key, s->state, s->flags);
 		return endpoint_finish(ctx, endpoints_by_ifindex.lookup(&ifindex), VERDICT_PASS);
 	}
 #endif

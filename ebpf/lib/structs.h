@@ -28,8 +28,13 @@ struct net_info {
 	__u32  bridge_ifindex;  /* the network's bridge: the logical -i/-o of its endpoints (host order) */
 	__be32 gateway;         /* the bridge address (network order): MASQUERADE/REDIRECT source */
 	__u8   gw_mac[6];       /* the bridge MAC: source MAC of packets routed into the network */
-	__u16  pad;
+	__u16  flags;           /* NET_F_* */
 };
+
+/* net_info.flags */
+#define NET_F_BRIDGED_NAT 0x0001  /* some nat rule could translate frames between two endpoints of
+                                   * this bridge (bridge-netfilter semantics): the endpoint program
+                                   * judges their new flows too (control/nat/bridged.py decides) */
 
 /* Key of local_subnets (LPM trie): prefixlen then the address (network order). */
 struct subnet_key {

@@ -163,9 +163,9 @@ class Maps:
         n = ipaddress.IPv4Network(cidr)
         self.subnets.update(S.SubnetKey(n.prefixlen, S.be32(str(n.network_address))), ctypes.c_uint8(1))
 
-    def add_net_info(self, net_id: int, bridge_ifindex: int, gateway: str, gw_mac: str):
+    def add_net_info(self, net_id: int, bridge_ifindex: int, gateway: str, gw_mac: str, flags: int = 0):
         self.net_info.update(net_id, S.NetInfo(bridge_ifindex=bridge_ifindex, gateway=S.be32(gateway),
-                                               gw_mac=S.mac_bytes(gw_mac)))
+                                               gw_mac=S.mac_bytes(gw_mac), flags=flags))
 
     def add_local_addr(self, cidr: str):
         n = ipaddress.IPv4Network(cidr)

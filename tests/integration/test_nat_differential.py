@@ -169,9 +169,6 @@ DEVIATIONS = {
     ("edges", "tcp", "host", "gateway", 8030):
         "traffic that never leaves the host (loopback) is not NATed by dockline; iptables applies "
         "POSTROUTING MASQUERADE rules to it",
-    ("edges", "tcp", "c2", "c1", 81):
-        "frames between two endpoints of one bridge are never NATed (no bridge-netfilter semantics); "
-        "iptables with br_netfilter applies POSTROUTING to them",
 }
 
 

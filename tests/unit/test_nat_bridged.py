@@ -1,0 +1,48 @@
+"""control/nat/bridged.py: which networks' bridged frames a rule set could translate."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from dockline.control.nat.bridged import bridged_nat_bridges
+from dockline.control.nat.parser import parse_save
+
+NETS = [SimpleNamespace(bridge="br-a", subnet="10.1.0.0/24"), SimpleNamespace(bridge="br-b", subnet="10.2.0.0/24")]
+
+
+def bridges(body: str) -> set:
+    rs, _ = parse_save("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                       ":POSTROUTING ACCEPT [0:0]\n" + body + "COMMIT\n")
+    return bridged_nat_bridges(rs, NETS)
+
+
+DOCKER = """:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 10.1.0.0/24 ! -o br-a -j MASQUERADE
+-A POSTROUTING -s 10.2.0.0/24 ! -o br-b -j MASQUERADE
+-A POSTROUTING -s 10.1.0.2/32 -d 10.1.0.2/32 -p tcp -m tcp --dport 80 -j MASQUERADE
+-A DOCKER -i br-a -j RETURN
+-A DOCKER ! -i br-a -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.0.2:80
+"""
+
+
+@pytest.mark.parametrize("body, want", [
+    (DOCKER, set()),                                                              # Docker's own: none
+    ("-A POSTROUTING -s 10.1.0.2/32 -d 10.1.0.3/32 -p tcp -m tcp --dport 81 -j MASQUERADE\n", {"br-a"}),
+    ("-A POSTROUTING -j MASQUERADE\n", {"br-a", "br-b"}),                           # unconditional
+    ("-A POSTROUTING -o br-b -j MASQUERADE\n", {"br-b"}),
+    ("-A POSTROUTING ! -o br-b -j MASQUERADE\n", {"br-a"}),
+    ("-A PREROUTING -i br-a -p udp -m udp --dport 53 -j DNAT --to-destination 10.9.9.9\n", {"br-a"}),
+    ("-A PREROUTING -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.1.0.5:80\n", set()),
+    ("-A PREROUTING -s 10.0.0.0/8 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.1.0.5:80\n",
+     {"br-a", "br-b"}),
+    ("-A POSTROUTING ! -s 10.0.0.0/8 -j MASQUERADE\n", set()),                     # negation covers both
+    ("-A POSTROUTING -m addrtype --src-type LOCAL -j MASQUERADE\n", set()),
+    ("-A POSTROUTING -j ACCEPT\n", set()),                                          # nothing translates
+    (":X - [0:0]\n-A POSTROUTING -o br-a -j X\n-A X -j SNAT --to-source 1.2.3.4\n", {"br-a"}),   # via a jump
+    (":X - [0:0]\n-A POSTROUTING -o br-z -j X\n-A X -j SNAT --to-source 1.2.3.4\n", set()),      # jump excluded
+], ids=["docker", "c2c-rule", "unconditional", "o-bridge", "not-o-bridge", "prerouting-i", "clusterip",
+        "prerouting-s", "neg-src", "src-local", "accept", "jump", "jump-excluded"])
+def test_bridged_nat_bridges(body, want):
+    assert bridges(body) == want
