@@ -30,6 +30,7 @@ class Verdict(enum.IntEnum):
     NAT_PASS = 6
     UPLINK_PASS = 7
     XDP_NAT_REDIRECT = 8
+    LOOPBACK_PASS = 9
     UNKNOWN_ENDPOINT = 16
     MALFORMED = 17
     SPOOFED_MAC = 18

@@ -30,7 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
-from ..nat.bridged import bridged_nat_bridges
+from ..nat.reach import bridged_nat_bridges, loopback_may_translate
 from ..nat.parser import parse_save
 from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
@@ -114,6 +114,17 @@ def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
     return rs, published
 
 
+def loopback_masquerade_source(addrs, lo_index: int | None) -> str | None:
+    """The source MASQUERADE gives a packet leaving by lo, as the kernel picks it
+    (inet_select_addr(lo, ..., RT_SCOPE_UNIVERSE)): a primary universe-scope address of lo if
+    it has one, else the first primary universe-scope address of any interface (by index);
+    127.0.0.1 has host scope and never qualifies. ``addrs``: pyroute2 IPv4 address messages."""
+    def usable(a):
+        return a["scope"] == 0 and not a["flags"] & 0x01          # RT_SCOPE_UNIVERSE, !IFA_F_SECONDARY
+    cands = sorted((a for a in addrs if usable(a)), key=lambda a: (a["index"] != lo_index, a["index"]))
+    return cands[0].get_attr("IFA_ADDRESS") if cands else None
+
+
 def _iface_names(rs: Ruleset) -> set[str]:
     return {n for rules in rs.chains.values() for r in rules for n in (r.in_iface, r.out_iface) if n}
 
@@ -154,6 +165,9 @@ class EbpfDatapath(KernelDatapath):
         self._last_compile: dict | None = None     # what apply_nat compiled last (fast path)
         self._bridged: set[str] = set()             # bridges with NET_F_BRIDGED_NAT
         self._bridged_key = None
+        self._local_prefixes: set[str] = set()     # the host's local routes ("a.b.c.d/len")
+        self._loopback_attached: bool | None = None  # tc_loopback on lo (None: not known yet)
+        self._loopback_key = None
 
     # ---------------------------------------------------------------- host
     def setup_host(self):
@@ -208,6 +222,7 @@ class EbpfDatapath(KernelDatapath):
             for fn, kind in SOCK_PROGRAMS:
                 cgroup_attach.detach(self.programs.progs[fn].fd, kind)
             self._detach_stale_sock_programs(keep=None)
+        self._detach_loopback()
         for m in self.maps.values():
             m.close()
         self.maps = {}
@@ -340,11 +355,38 @@ class EbpfDatapath(KernelDatapath):
         result["hairpin_ops"] = self.nat.sync_hairpin_targets(
             {(ip, cport, proto) for (_, _, proto), (ip, cport) in published.items()})
         self._sync_bridged_nat(rs, state)
+        self._sync_loopback_nat(rs)
         return result
+
+    def _sync_loopback_nat(self, rs: Ruleset) -> None:
+        """tc_loopback on lo's egress while some POSTROUTING rule could translate host-local
+        traffic (control/nat/reach.py), detached otherwise: it tracks every host-local flow."""
+        key = (rs.save(), tuple(sorted(self._local_prefixes)))
+        if key == self._loopback_key:
+            return
+        self._loopback_key = key
+        want = loopback_may_translate(rs, self._local_prefixes)
+        if want == self._loopback_attached:
+            return
+        idx = links.link_index(self.ipr, "lo")
+        if want:
+            self._tc_filter(idx, "lo", "tc_loopback", EGRESS)
+        else:
+            self._detach_loopback()
+        self._loopback_attached = want
+        log.info("host-local traffic: %s", "NAT on lo egress (a POSTROUTING rule could match it)" if want
+                 else "no NAT (no POSTROUTING rule could match it)")
+
+    def _detach_loopback(self) -> None:
+        idx = links.link_index(self.ipr, "lo")
+        try:
+            self.ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=EGRESS, prio=TC_PRIO)
+        except NetlinkError:
+            pass
 
     def _sync_bridged_nat(self, rs: Ruleset, state) -> None:
         """Set NET_F_BRIDGED_NAT on the networks whose bridged frames a rule could translate
-        (control/nat/bridged.py); recomputed only when the rules or the networks changed."""
+        (control/nat/reach.py); recomputed only when the rules or the networks changed."""
         nets = [n for n in state.networks if n.driver == "bridge" and not n.internal]
         key = (rs.save(), tuple(sorted((n.bridge, n.subnet) for n in nets)))
         if key == self._bridged_key:
@@ -399,10 +441,15 @@ class EbpfDatapath(KernelDatapath):
         """nat_ifaddr: every interface's first IPv4 address (MASQUERADE leaving by it, REDIRECT
         arriving by it); local_addrs: the host's local routing table (addrtype LOCAL)."""
         want_if = {}
-        for a in self.ipr.get_addr(family=2):
+        addrs = self.ipr.get_addr(family=2)
+        for a in addrs:
             idx = a["index"]
             if idx not in want_if:
                 want_if[idx] = S.be32(a.get_attr("IFA_ADDRESS"))
+        lo = links.link_index(self.ipr, "lo")
+        masq = loopback_masquerade_source(addrs, lo)
+        if lo is not None and masq:
+            want_if[lo] = S.be32(masq)
         have = {k.value: v.value for k, v in self.maps["nat_ifaddr"].items()}
         for idx in set(have) - set(want_if):
             self.maps["nat_ifaddr"].delete(idx)
@@ -413,6 +460,7 @@ class EbpfDatapath(KernelDatapath):
         for r in self.ipr.get_routes(family=2, table=255):
             if r["type"] == 2:     # RTN_LOCAL
                 want_local.add((r["dst_len"], S.be32(r.get_attr("RTA_DST"))))
+        self._local_prefixes = {f"{S.ip_text(a)}/{plen}" for plen, a in want_local}
         self._sync_set(self.maps["local_addrs"], want_local, lambda k: (k.prefixlen, k.addr),
                        lambda t: S.SubnetKey(t[0], t[1]))
 

@@ -13,6 +13,7 @@
 #define VERDICT_NAT_PASS        6   /* translated, then continued into the stack (local, no route) */
 #define VERDICT_UPLINK_PASS     7   /* uplink TC: not a translated flow, continues */
 #define VERDICT_XDP_NAT_REDIRECT 8  /* uplink XDP: translated, redirected into its endpoint */
+#define VERDICT_LOOPBACK_PASS   9   /* lo TC: host-local traffic, continues (translated or not) */
 
 #define DROP_BASE               16
 #define DROP_UNKNOWN_ENDPOINT   16  /* program on a device the control plane does not know */

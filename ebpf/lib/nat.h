@@ -221,6 +221,8 @@ static __always_inline int nat_parse_tracked(dl_ctx *ctx, struct nat_pkt *p, int
 
 #define NAT_ORIGIN_ENDPOINT  1   /* an endpoint's packet (tc_from_endpoint) */
 #define NAT_ORIGIN_UPLINK    2   /* from outside (tc_uplink_ingress) */
+#define NAT_ORIGIN_LOOPBACK  4   /* the host's own packet to itself (tc_loopback on lo): POSTROUTING
+                                  * only, as NAT_ORIGIN_LOCAL_OUT */
 #define NAT_ORIGIN_LOCAL_OUT 3   /* the host's own packet leaving by the uplink (tc_uplink_egress):
                                   * POSTROUTING only, never redirected */
 
@@ -362,10 +364,12 @@ static __always_inline int nat_ingress(dl_ctx *ctx, __u32 iif, int allow_new, __
 
 #ifndef DL_XDP
 /* Leaving by an interface: tracked flows are translated (replies the host sends for a REDIRECT
- * or a DNAT to a local address). With local_out (the uplink), a packet the host itself sends
- * that belongs to no flow starts one: POSTROUTING judges it in the tail-called stages (SNAT,
- * MASQUERADE), and an untranslated one is tracked so that its replies skip PREROUTING. */
-static __always_inline int nat_egress(dl_ctx *ctx, int local_out, __u32 *code)
+ * or a DNAT to a local address). With local_out (NAT_ORIGIN_LOCAL_OUT on the uplink,
+ * NAT_ORIGIN_LOOPBACK on lo; 0 on an endpoint's veth), a packet the host itself sends that
+ * belongs to no flow starts one: POSTROUTING judges it in the tail-called stages (SNAT,
+ * MASQUERADE), and an untranslated one is tracked so that its replies are never judged (as new
+ * connections to a published port, or by POSTROUTING as if they started a flow). */
+static __always_inline int nat_egress(dl_ctx *ctx, __u32 local_out, __u32 *code)
 {
 	__u32 ifindex = ctx->ifindex, from = ctx->ingress_ifindex;   /* read once: clang may
 	                                                              * otherwise keep a modified ctx
@@ -389,7 +393,7 @@ static __always_inline int nat_egress(dl_ctx *ctx, int local_out, __u32 *code)
 			return NAT_DECLINE;
 		s->p = p;
 		s->iif = 0;
-		s->origin = NAT_ORIGIN_LOCAL_OUT;
+		s->origin = local_out;
 		s->net_id = 0;
 		s->hairpin = 0;
 		s->bridged = 0;

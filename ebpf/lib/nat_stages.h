@@ -28,9 +28,10 @@ static __always_inline int declined(dl_ctx *ctx, struct nat_scratch *s)
 	count_verdict(VERDICT_XDP_PASS, ctx_len(ctx));
 	return CTX_ACT_OK;
 #endif
-	if (s->origin == NAT_ORIGIN_LOCAL_OUT) {
+	if (s->origin == NAT_ORIGIN_LOCAL_OUT || s->origin == NAT_ORIGIN_LOOPBACK) {
 		ct_track_identity(&s->p.key, s->state, s->flags);
-		count_verdict(VERDICT_UPLINK_PASS, ctx_len(ctx));
+		count_verdict(s->origin == NAT_ORIGIN_LOOPBACK ? VERDICT_LOOPBACK_PASS : VERDICT_UPLINK_PASS,
+			      ctx_len(ctx));
 		return CTX_ACT_OK;
 	}
 #ifndef DL_XDP
@@ -193,7 +194,8 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 		s->kind |= CT_K_SNAT;
 		/* the host's own socket holds its original tuple: that one is not a collision */
 		check_host = is_local_addr(s->ts) &&
-			     !(s->origin == NAT_ORIGIN_LOCAL_OUT && s->ts == p.key.saddr);
+			     !((s->origin == NAT_ORIGIN_LOCAL_OUT || s->origin == NAT_ORIGIN_LOOPBACK) &&
+			       s->ts == p.key.saddr);
 	} else if (s->hairpin) {
 		__u32 iif = s->iif;
 		__be32 *gw = nat_ifaddr.lookup(&iif);

@@ -34,7 +34,7 @@ struct net_info {
 /* net_info.flags */
 #define NET_F_BRIDGED_NAT 0x0001  /* some nat rule could translate frames between two endpoints of
                                    * this bridge (bridge-netfilter semantics): the endpoint program
-                                   * judges their new flows too (control/nat/bridged.py decides) */
+                                   * judges their new flows too (control/nat/reach.py decides) */
 
 /* Key of local_subnets (LPM trie): prefixlen then the address (network order). */
 struct subnet_key {

@@ -1,5 +1,5 @@
 """Frames between two endpoints of one bridge under nat rules that could translate them
-(NET_F_BRIDGED_NAT, bridge-netfilter semantics; control/nat/bridged.py decides which networks),
+(NET_F_BRIDGED_NAT, bridge-netfilter semantics; control/nat/reach.py decides which networks),
 through tc_from_endpoint with BPF_PROG_TEST_RUN in the private netns of tests/ebpf/natenv.py.
 c1 is the sender, c2 the peer on the same network N (bridge br-n)."""
 

@@ -166,9 +166,6 @@ DEVIATIONS = {
         "OUTPUT REDIRECT of a socket already bound to a port (these flows bind their source port): "
         "the socket layer sends it to 127.0.0.1, so its source becomes 127.0.0.1; iptables keeps "
         "198.18.0.1 (an unbound socket is bound to the original address first and matches)",
-    ("edges", "tcp", "host", "gateway", 8030):
-        "traffic that never leaves the host (loopback) is not NATed by dockline; iptables applies "
-        "POSTROUTING MASQUERADE rules to it",
 }
 
 

@@ -1,19 +1,24 @@
-"""control/nat/bridged.py: which networks' bridged frames a rule set could translate."""
+"""control/nat/reach.py: which networks' bridged frames, and whether host-local traffic, a rule set
+could translate."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from dockline.control.nat.bridged import bridged_nat_bridges
+from dockline.control.nat.reach import bridged_nat_bridges, loopback_may_translate
 from dockline.control.nat.parser import parse_save
 
 NETS = [SimpleNamespace(bridge="br-a", subnet="10.1.0.0/24"), SimpleNamespace(bridge="br-b", subnet="10.2.0.0/24")]
 
 
-def bridges(body: str) -> set:
+def _rs(body: str):
     rs, _ = parse_save("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
                        ":POSTROUTING ACCEPT [0:0]\n" + body + "COMMIT\n")
-    return bridged_nat_bridges(rs, NETS)
+    return rs
+
+
+def bridges(body: str) -> set:
+    return bridged_nat_bridges(_rs(body), NETS)
 
 
 DOCKER = """:DOCKER - [0:0]
@@ -46,3 +51,24 @@ DOCKER = """:DOCKER - [0:0]
         "prerouting-s", "neg-src", "src-local", "accept", "jump", "jump-excluded"])
 def test_bridged_nat_bridges(body, want):
     assert bridges(body) == want
+
+
+#: the host's local prefixes: its addresses (uplink, the two gateways) and loopback
+LOCAL = ["198.18.0.1/32", "10.1.0.1/32", "10.2.0.1/32", "127.0.0.0/8"]
+
+
+@pytest.mark.parametrize("body, want", [
+    (DOCKER, True),            # "-s 10.1.0.0/24 ! -o br-a -j MASQUERADE" matches host -> 10.1.0.1 (from 10.1.0.1)
+    ("-A POSTROUTING -s 10.9.0.0/24 -j MASQUERADE\n", False),             # no local address there
+    ("-A POSTROUTING -o br-a -j MASQUERADE\n", False),
+    ("-A POSTROUTING ! -o lo -j MASQUERADE\n", False),
+    ("-A POSTROUTING -o lo -j SNAT --to-source 10.1.0.1\n", True),
+    ("-A POSTROUTING ! -s 0.0.0.0/1 -j MASQUERADE\n", True),              # 198.18.0.1 is outside 0/1
+    ("-A POSTROUTING -s 127.0.0.0/8 -d 10.9.0.0/24 -j MASQUERADE\n", False),  # not a local destination
+    ("-A POSTROUTING -m addrtype ! --src-type LOCAL -j MASQUERADE\n", False),
+    ("-A PREROUTING -j DNAT --to-destination 10.1.0.5\n", False),         # PREROUTING: not for lo
+    ("", False),
+], ids=["docker", "other-subnet", "o-bridge", "not-o-lo", "o-lo", "neg-src", "dst-not-local", "not-local", "prerouting",
+        "empty"])
+def test_loopback_may_translate(body, want):
+    assert loopback_may_translate(_rs(body), LOCAL) == want
