@@ -85,9 +85,13 @@ static __always_inline void translate(struct bpf_sock_addr *ctx, const int conne
 		if (m.dst_local && m.saddr == m.daddr) {
 			if (connect) {
 				struct sockaddr_in sa = {};
+				struct bpf_sock *sk = ctx->sk;
 				sa.sin_family = 2;    /* AF_INET; port 0: the kernel picks one */
 				sa.sin_addr.s_addr = m.daddr;
-				bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));   /* fails if bound: fine */
+				/* a socket bound already keeps its binding; bound to a port but no address,
+				 * it will leave from 127.0.0.1: tc_loopback makes the source m.daddr */
+				if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) != 0 && sk && !sk->src_ip4)
+					x.want_saddr = m.daddr;
 			} else {
 				ctx->msg_src_ip4 = m.daddr;
 			}

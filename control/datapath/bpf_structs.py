@@ -194,10 +194,10 @@ class FragPorts(ctypes.Structure):
 
 
 class SockXlate(ctypes.Structure):
-    """struct sock_xlate { __be32 orig_addr, nat_addr; __be16 orig_port, nat_port; __u32 pad; };"""
+    """struct sock_xlate { __be32 orig_addr, nat_addr; __be16 orig_port, nat_port; __be32 want_saddr; };"""
 
     _fields_ = [("orig_addr", ctypes.c_uint32), ("nat_addr", ctypes.c_uint32), ("orig_port", ctypes.c_uint16),
-                ("nat_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+                ("nat_port", ctypes.c_uint16), ("want_saddr", ctypes.c_uint32)]
 
 
 #: NAT_OP_* and NAT_NEG_* of structs.h

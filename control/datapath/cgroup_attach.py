@@ -100,17 +100,17 @@ def _prog_name(prog_fd: int) -> str:
     return bytes(info[64:80]).split(b"\0")[0].decode(errors="replace")   # bpf_prog_info.name
 
 
-def detach_named(names: set[str], attach_types: tuple[int, ...]) -> int:
+def detach_named(names: set[str], attach_types: tuple[int, ...], keep_ids: frozenset = frozenset()) -> int:
     """Detach every program on the cgroup root whose name is in ``names`` (the kernel keeps 15
-    characters of a name; test clean-up: agents
-    killed without a reset leave theirs attached). Returns how many were detached."""
+    characters of a name; test clean-up: agents killed without a reset leave theirs attached),
+    except the programs whose ids are in ``keep_ids``. Returns how many were detached."""
     lib = _lib()
     lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
     fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     n = 0
     try:
         for t in attach_types:
-            for pid in attached_ids(fd, t):
+            for pid in attached_ids(fd, t) - set(keep_ids):
                 pfd = lib.bpf_prog_get_fd_by_id(pid)
                 if pfd < 0:
                     continue

@@ -73,22 +73,23 @@ def may_match(rule: Rule, cls: PacketClass) -> bool:
     return True
 
 
-def _chain_may_translate(rs: Ruleset, chain: str, cls: PacketClass, seen: set) -> bool:
+def _chain_may_translate(rs: Ruleset, chain: str, cls: PacketClass, targets, seen: set) -> bool:
     if chain in seen:
         return False
     seen.add(chain)
     for rule in rs.chains.get(chain, []):
         if not may_match(rule, cls):
             continue
-        if rule.target in TRANSLATING:
+        if rule.target in targets:
             return True
-        if rule.target in rs.chains and _chain_may_translate(rs, rule.target, cls, seen):
+        if rule.target in rs.chains and _chain_may_translate(rs, rule.target, cls, targets, seen):
             return True
     return False
 
 
-def may_translate(rs: Ruleset, cls: PacketClass) -> bool:
-    return any(_chain_may_translate(rs, hook, cls, set()) for hook in cls.hooks)
+def may_translate(rs: Ruleset, cls: PacketClass, targets=TRANSLATING) -> bool:
+    """Could a rule with one of ``targets`` decide for some packet of ``cls``?"""
+    return any(_chain_may_translate(rs, hook, cls, targets, set()) for hook in cls.hooks)
 
 
 def bridged_nat_bridges(rs: Ruleset, networks) -> set[str]:
@@ -104,7 +105,10 @@ def bridged_nat_bridges(rs: Ruleset, networks) -> set[str]:
 
 
 def loopback_may_translate(rs: Ruleset, local_addrs) -> bool:
-    """Could POSTROUTING translate host-local traffic (``-o lo``, both addresses among
-    ``local_addrs``, the host's local prefixes)?"""
+    """Does host-local traffic (``-o lo``, both addresses among ``local_addrs``, the host's local
+    prefixes) need the loopback program: could POSTROUTING translate it, or OUTPUT REDIRECT it
+    (a socket bound to a port only then needs its source fixed there, see cgroup_sock.c)?"""
     where = tuple(ipaddress.IPv4Network(a) for a in local_addrs) or (ipaddress.IPv4Network("127.0.0.0/8"),)
-    return may_translate(rs, PacketClass(("POSTROUTING",), "lo", where, where, local=True, distinct=False))
+    return (may_translate(rs, PacketClass(("POSTROUTING",), "lo", where, where, local=True, distinct=False))
+            or may_translate(rs, PacketClass(("OUTPUT",), "lo", where, where, local=True, distinct=False),
+                             targets={"REDIRECT"}))

@@ -1,15 +1,21 @@
-/* NAT at a TC hook: conntrack hits are translated and sent on; a new flow is judged by the
- * compiled PREROUTING rules, routed, judged by POSTROUTING, and gets both conntrack halves.
- * Uses maps (spliced into the entry file by the loader).
+/* NAT at a TC or XDP hook (ctx.h): conntrack hits are translated and sent on; a new flow is
+ * judged by the compiled PREROUTING rules, routed, judged by POSTROUTING, and gets both
+ * conntrack halves (the stages: nat_stages.h). Uses maps (spliced into the entry file by the
+ * loader).
  *
  * Hooks and what they see (control/datapath/ebpf.py attaches them):
  *   tc_from_endpoint   the endpoint's frames; -i is its network's bridge (as with iptables)
+ *   tc_to_endpoint     what the host sends into an endpoint: translations of tracked flows only
  *   tc_uplink_ingress  frames from outside; -i is the uplink
- *   tc_uplink_egress   frames leaving by the uplink: only translations of tracked flows whose
- *                      reply the host itself sends (REDIRECT, DNAT to a local address)
+ *   xdp_uplink         the same frames before TC, where native XDP runs: only what it can send
+ *                      into an endpoint itself (nat_hook_takes), the rest passes untouched
+ *   tc_uplink_egress   frames leaving by the uplink: translations of tracked flows whose reply
+ *                      the host itself sends (REDIRECT, DNAT to a local address), POSTROUTING
+ *                      for the host's own new flows
+ *   tc_loopback        lo's egress: the host's flows to itself (POSTROUTING -o lo)
  * Translated packets that have a route are sent on by the program (bpf_redirect_peer into an
- * endpoint, bpf_redirect/bpf_redirect_neigh out of the uplink), so netfilter never sees half a
- * flow; local destinations continue into the stack. */
+ * endpoint, bpf_redirect/bpf_redirect_neigh out of the uplink, XDP_REDIRECT at XDP), so
+ * netfilter never sees half a flow; local destinations continue into the stack. */
 #ifndef DOCKLINE_NAT_H
 #define DOCKLINE_NAT_H
 
@@ -62,6 +68,9 @@ static __always_inline void nat_route(dl_ctx *ctx, __be32 saddr, __be32 daddr, s
 		}
 		return;
 	}
+#ifdef DL_XDP
+	return;         /* XDP sends only into endpoints (nat_hook_takes): no route lookup */
+#endif
 	f.family = 2;   /* AF_INET */
 	f.ipv4_src = saddr;
 	f.ipv4_dst = daddr;
@@ -417,7 +426,17 @@ static __always_inline int nat_egress(dl_ctx *ctx, __u32 local_out, __u32 *code)
 			s->m.sport = bpf_ntohs(p.key.sport);
 			s->m.dport = bpf_ntohs(p.key.dport);
 		}
-		s->m.saddr = p.key.saddr;
+		if (local_out == NAT_ORIGIN_LOOPBACK) {
+			/* a socket the socket layer REDIRECTed but could not give its source */
+			__u64 cookie = bpf_get_socket_cookie(ctx);
+			struct sock_xlate *x = sock_xlate.lookup(&cookie);
+			if (x && x->want_saddr && x->want_saddr != p.key.saddr &&
+			    x->nat_addr == p.key.daddr && x->nat_port == p.key.dport) {
+				s->ts = x->want_saddr;
+				s->kind = CT_K_SNAT;
+			}
+		}
+		s->m.saddr = s->ts;          /* POSTROUTING sees the source iptables would have */
 		s->m.daddr = p.key.daddr;
 		s->m.oif = ifindex;
 		s->m.proto = p.key.proto;

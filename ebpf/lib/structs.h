@@ -200,7 +200,9 @@ struct sock_xlate {
 	__be32 nat_addr;
 	__be16 orig_port;
 	__be16 nat_port;
-	__u32  pad;
+	__be32 want_saddr;  /* 0, or the source iptables would have kept: a REDIRECTed socket already
+	                     * bound to a port (not an address) gets 127.0.0.1 from the kernel, and
+	                     * tc_loopback gives its flow this source instead */
 };
 
 #endif

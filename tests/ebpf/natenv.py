@@ -43,6 +43,7 @@ UPLINK_MAC = "02:00:00:00:00:aa"
 ROUTER_IP, ROUTER_MAC = "203.0.113.254", "02:00:00:00:00:bb"
 NO_NEIGH_NET, NO_NEIGH_GW = "192.0.2.0/24", "203.0.113.253"
 UP1_IP, UP1_MAC = "198.18.0.1", "02:00:00:00:00:ab"
+LO = 1                           # the loopback device's ifindex (in every netns)
 CLIENT = "198.51.100.7"          # somewhere outside, reached via the default route
 CLIENT_MAC = "02:00:00:00:00:cc"  # what a frame from outside carries as its source MAC
 
@@ -214,6 +215,11 @@ class World:
         """xdp_uplink (native XDP on the uplink) on a frame arriving by up0: (retval, out). An
         XDP_REDIRECT is only reported, not carried out (no BPF_F_TEST_XDP_LIVE_FRAMES)."""
         r = prog_test_run(self.fds["xdp_uplink"], pkt, ctx=XdpMd(ingress_ifindex=ifindex or self.up0))
+        return r.retval, r.out
+
+    def loopback(self, pkt: bytes):
+        """tc_loopback (lo's egress) on a frame the host sends to itself."""
+        r = prog_test_run(self.fds["tc_loopback"], pkt, ctx=SkBuff(ifindex=LO))
         return r.retval, r.out
 
     def egress(self, pkt: bytes):

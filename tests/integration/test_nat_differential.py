@@ -162,10 +162,6 @@ def test_world_a_mirrors_dockline_control_plane(worlds):
 #: Keyed by (rule set, kind, src, dst, dport). They must still differ: if one starts matching,
 #: the entry goes (and the README with it).
 DEVIATIONS = {
-    ("edges", "tcp", "host", "host_ip", 7778):
-        "OUTPUT REDIRECT of a socket already bound to a port (these flows bind their source port): "
-        "the socket layer sends it to 127.0.0.1, so its source becomes 127.0.0.1; iptables keeps "
-        "198.18.0.1 (an unbound socket is bound to the original address first and matches)",
 }
 
 

@@ -67,8 +67,11 @@ LOCAL = ["198.18.0.1/32", "10.1.0.1/32", "10.2.0.1/32", "127.0.0.0/8"]
     ("-A POSTROUTING -s 127.0.0.0/8 -d 10.9.0.0/24 -j MASQUERADE\n", False),  # not a local destination
     ("-A POSTROUTING -m addrtype ! --src-type LOCAL -j MASQUERADE\n", False),
     ("-A PREROUTING -j DNAT --to-destination 10.1.0.5\n", False),         # PREROUTING: not for lo
+    ("-A OUTPUT -d 198.18.0.1/32 -p tcp -m tcp --dport 7778 -j REDIRECT --to-ports 7070\n", True),
+    ("-A OUTPUT -d 10.9.9.9/32 -p tcp -m tcp --dport 7778 -j REDIRECT --to-ports 7070\n", False),
+    ("-A OUTPUT -d 198.18.0.1/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.0.2:80\n", False),
     ("", False),
 ], ids=["docker", "other-subnet", "o-bridge", "not-o-lo", "o-lo", "neg-src", "dst-not-local", "not-local", "prerouting",
-        "empty"])
+        "output-redirect", "output-redirect-elsewhere", "output-dnat", "empty"])
 def test_loopback_may_translate(body, want):
     assert loopback_may_translate(_rs(body), LOCAL) == want
