@@ -52,6 +52,7 @@ def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
 
 _KEY = struct.Struct("=I4s2sBx")       # struct nat_exact_key, bytes as in the map
 _VAL = struct.Struct("=4s2sBxI")       # struct nat_exact_val
+_TABLE = struct.Struct("=I")           # the table id a raw key starts with
 
 
 def exact_key_raw(k: C.ExactKey) -> bytes:
@@ -159,25 +160,44 @@ class NatMaps:
         return {"generation": new, "instructions": len(new_rules), "exact_written": len(new_exact),
                 "exact_removed": removed, "flipped": True}
 
-    def apply_managed_delta(self, tables: list[int], changes: list) -> dict:
-        """Publishing or unpublishing ports when nothing else changed: ``changes`` is
-        ``[((daddr, port, proto), ExactValue or None to remove)]``, written in place in each of
-        the managed chain's exact tables, one map operation per change; no compile, no flip."""
+    def apply_managed_delta(self, tables: list[int], changes) -> dict:
+        """Publishing or unpublishing ports when nothing else changed: ``changes`` is an iterable
+        of ``((daddr, port, proto), ExactValue or None to remove)``, written in place in each of
+        the managed chain's exact tables, one map operation per change; no compile, no flip.
+        Removing an entry that is not there is not an error."""
         written = removed = 0
+        if len(tables) > 1:
+            changes = list(changes)
+        live = self._live_exact
+        key, val = S.NatExactKey(), S.NatExactVal()
+        kbuf, vbuf = memoryview(key).cast("B"), memoryview(val).cast("B")
         for table in tables:
-            for key, val in changes:
-                k = exact_key_raw(C.ExactKey(table, *key))
-                if val is None:
-                    self.exact.delete(S.NatExactKey.from_buffer_copy(k))
-                    self._live_exact.pop(k, None)
+            for (daddr, port, proto), v in changes:
+                k = _KEY.pack(table, daddr.packed, port.to_bytes(2, "big"), proto)
+                kbuf[:] = k
+                if v is None:
+                    self.exact.delete(key)
+                    live.pop(k, None)
                     removed += 1
                 else:
-                    v = exact_value_raw(val)
-                    self.exact.update(S.NatExactKey.from_buffer_copy(k), S.NatExactVal.from_buffer_copy(v))
-                    self._live_exact[k] = v
+                    live[k] = vbuf[:] = exact_value_raw(v)
+                    self.exact.update(key, val)
                     written += 1
         return {"generation": self.live_config().generation, "instructions": len(self._live_rules or []),
                 "exact_written": written, "exact_removed": removed, "flipped": False, "incremental": True}
+
+    def replace_managed(self, tables: list[int], entries: list) -> dict:
+        """Make the managed chain's exact tables hold exactly ``entries`` (``[((daddr, port,
+        proto), ExactValue)]``) when nothing else changed: their live entries are compared with
+        them and only the difference is written, in place."""
+        want = {}
+        for table in tables:
+            for (daddr, port, proto), val in entries:
+                want[_KEY.pack(table, daddr.packed, port.to_bytes(2, "big"), proto)] = exact_value_raw(val)
+        ids = set(tables)
+        exact = {k: v for k, v in self._live_exact.items() if _TABLE.unpack_from(k)[0] not in ids}
+        exact.update(want)
+        return self._apply_exact_in_place(exact)
 
     def _apply_exact_in_place(self, exact: dict[bytes, bytes]) -> dict:
         have = self._live_exact
@@ -210,6 +230,19 @@ class NatMaps:
             ops += 1
         self._hairpin = set(targets)
         return ops
+
+    def hairpin_delta(self, added: set, removed: set) -> int:
+        """Add and remove published ports' targets ({(container ip, port, proto)}) in
+        NAT_HAIRPIN_TABLE, without looking at the others (the caller knows no other published
+        port has a removed target). Returns the number of map operations."""
+        for ip, port, proto in removed - added:
+            self.exact.delete(exact_key(C.ExactKey(S.NAT_HAIRPIN_TABLE, ipaddress.IPv4Address(ip), port, proto)))
+        for ip, port, proto in added:
+            key = exact_key(C.ExactKey(S.NAT_HAIRPIN_TABLE, ipaddress.IPv4Address(ip), port, proto))
+            self.exact.update(key, exact_value(C.ExactValue(ipaddress.IPv4Address(ip), port)))
+        if self._hairpin is not None:
+            self._hairpin = (self._hairpin - removed) | added
+        return len(removed - added) + len(added)
 
     def clear(self) -> None:
         """Empty every rule (the datapath then translates nothing new)."""
