@@ -235,7 +235,8 @@ class Engine:
             networks, endpoints, ports = len(tx.networks()), len(tx.endpoints()), tx.port_count()
         return {"host": self.host.name, "host_netns": self.host.host_netns or "(root)",
                 "datapath": self.datapath.info(),
-                "probe": {k: {"usable": ok, "reason": why} for k, (ok, why) in probe().items()},
+                # as probed when the agent chose its datapath: probing compiles a BPF program
+                "probe": {k: {"usable": ok, "reason": why} for k, (ok, why) in probe(cached=True).items()},
                 "networks": networks, "endpoints": endpoints,
                 "published_ports": ports, "dns_upstreams": self.host.dns_upstreams,
                 "store": self.host.db_path}
