@@ -18,6 +18,7 @@ from .errors import Conflict
 from .model import Attachment, Endpoint, Network, PortMapping
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 512
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -140,6 +141,10 @@ class SQLiteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # The page cache lives in the agent's heap: SQLite's default (2 MiB) would hold all of a
+        # store with 10,000 published ports (2.2 MB with its indexes). Changes read a few rows
+        # through the indexes, and the kernel caches the file for the rest.
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._lock = threading.RLock()
         with self._lock:
             self._db.executescript(_SCHEMA)

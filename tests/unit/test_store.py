@@ -223,13 +223,14 @@ def test_put_ports_in_bulk_and_the_reads_that_avoid_reading_them_all(store):
         assert tx.port_count() == 1002 and tx.host_ports_in("tcp", 50000, 50000) == []
 
 
-def test_port_indexes_exist_and_serve_the_range_query(store):
+def test_port_indexes_exist_and_the_page_cache_is_capped(store):
     names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"ports_by_endpoint", "ports_by_port"} <= names
     plan = " ".join(r[-1] for r in store._db.execute(
         "EXPLAIN QUERY PLAN SELECT host_ip, host_port FROM ports WHERE proto=? AND host_port BETWEEN ? AND ?",
         ("tcp", 1, 2)))
     assert "ports_by_port" in plan
+    assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -512
 
 
 # ------------------------------------------------------------------------- cascades
