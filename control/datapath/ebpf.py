@@ -101,11 +101,6 @@ def published_ports(state) -> dict:
     return published
 
 
-def control_plane_rules(state) -> tuple[Ruleset, dict]:
-    """``control_plane_chains`` and ``published_ports`` of ``state``."""
-    return control_plane_chains(state.networks), published_ports(state)
-
-
 def published_as_rules(published: dict) -> list[Rule]:
     """The published ports as the DNAT rules Docker would write (for listings only: the datapath
     gets them as exact entries, never as Rule objects)."""
