@@ -8,6 +8,7 @@ kernel state alone, so the data plane keeps forwarding while the control plane i
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -96,8 +97,27 @@ def _start_ct_gc(engine, interval: float):
     threading.Thread(target=loop, name="ct-gc", daemon=True).start()
 
 
+def _fix_malloc_thresholds():
+    """glibc raises its mmap threshold to the size of the largest block freed so far (up to
+    32 MiB) and the trim threshold to twice that: after one large temporary (the reply listing
+    10,000 published ports is 1.6 MB of JSON) every later temporary below that size is carved
+    from a heap that is then rarely given back. A long-running agent keeps the defaults fixed
+    instead (setting them turns the adjustment off): large temporaries get their own mappings,
+    returned when freed. No effect where the C library has no mallopt."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # <malloc.h>
+
+
 def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
     """Enter the host netns, reconcile, serve until SIGTERM/SIGINT. Returns an exit code."""
+    _fix_malloc_thresholds()
     if host.host_netns:
         # The process is still single-threaded here, so every thread made later inherits this.
         netns.setns_current_thread(netns.netns_path(host.host_netns))

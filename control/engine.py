@@ -20,7 +20,7 @@ import time
 from . import ipam
 from .config import HostConfig, bridge_name, resolv_conf_dir, veth_name
 from .datapath import select_datapath
-from .datapath.base import DesiredState
+from .datapath.base import DesiredState, LazyPorts, PortChanges
 from .errors import Conflict, DocklineError, InvalidArgument, NotFound
 from .model import (BUILTIN_NETWORKS, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Attachment, Endpoint,
                     Network, PortMapping, mac_for_ip, parse_gateway, parse_ip, parse_ip_range, parse_mtu,
@@ -38,6 +38,21 @@ RESOLVER_IP = "127.0.0.11"
 
 def _new_id() -> str:
     return secrets.token_hex(32)
+
+
+def _collides(holders, host_ip: str) -> bool:
+    """Does ``host_ip`` collide with the host addresses ``holders`` (None, one, or a tuple) that
+    hold the same protocol and port? "0.0.0.0" collides with every address, as in Docker."""
+    if holders is None:
+        return False
+    if isinstance(holders, str):
+        return host_ip == "0.0.0.0" or holders in ("0.0.0.0", host_ip)
+    return host_ip == "0.0.0.0" or "0.0.0.0" in holders or host_ip in holders
+
+
+def _take(taken: dict, key: int, host_ip: str) -> None:
+    have = taken.get(key)
+    taken[key] = host_ip if have is None else (have if isinstance(have, tuple) else (have,)) + (host_ip,)
 
 
 NAT_RULES_KEY = "nat_rules"
@@ -141,10 +156,19 @@ class Engine:
         return report
 
     # ================================================================ reads
-    def state(self) -> DesiredState:
+    def state(self, ports: bool = False) -> DesiredState:
+        """The desired state. Its published ports are read on first use (``LazyPorts``): most
+        changes never need them. Changes run under ``self._lock``, so nothing changes the store
+        in between; a reader without the lock that needs them asks for ``ports=True`` (one
+        transaction)."""
         with self.store.transaction() as tx:
-            return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(), tx.ports(),
+            return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(),
+                                tx.ports() if ports else LazyPorts(self._read_ports),
                                 tx.get_meta(NAT_RULES_KEY, "") or "")
+
+    def _read_ports(self) -> list[PortMapping]:
+        with self.store.transaction() as tx:
+            return tx.ports()
 
     def _network(self, tx, ref: str) -> Network:
         net = tx.network(ref)
@@ -174,22 +198,26 @@ class Engine:
         return d
 
     def ps(self) -> list[dict]:
-        state = self.state()
+        state = self.state(ports=True)
+        by_ep: dict[str, list[str]] = {}
+        for p in state.ports:
+            by_ep.setdefault(p.endpoint_id, []).append(str(p))
         out = []
         for ep in state.endpoints:
             nets = {state.network(a.network_id).name: a.ip for a in state.attachments_of(ep.id)}
-            ports = [str(p) for p in state.ports if p.endpoint_id == ep.id]
-            out.append(dict(ep.to_dict(), networks=nets, ports=ports))
+            out.append(dict(ep.to_dict(), networks=nets, ports=by_ep.get(ep.id, [])))
         return out
 
     def inspect(self, ref: str) -> dict:
-        state = self.state()
         with self.store.transaction() as tx:
             ep = self._endpoint(tx, ref)
+            nets = {n.id: n for n in tx.networks()}
+            atts = tx.attachments(ep_id=ep.id)
+            ports = [p.to_dict() for p in tx.ports(ep.id)]
         d = ep.to_dict()
-        d["networks"] = {state.network(a.network_id).name: dict(a.to_dict(), gateway=state.network(a.network_id).gateway)
-                         for a in state.attachments_of(ep.id)}
-        d["ports"] = [p.to_dict() for p in state.ports if p.endpoint_id == ep.id]
+        d["networks"] = {nets[a.network_id].name: dict(a.to_dict(), gateway=nets[a.network_id].gateway)
+                         for a in atts}
+        d["ports"] = ports
         return d
 
     def port(self, ref: str) -> list[dict]:
@@ -203,12 +231,14 @@ class Engine:
 
     def info(self) -> dict:
         from .datapath import probe
-        state = self.state()
+        with self.store.transaction() as tx:
+            networks, endpoints, ports = len(tx.networks()), len(tx.endpoints()), tx.port_count()
         return {"host": self.host.name, "host_netns": self.host.host_netns or "(root)",
                 "datapath": self.datapath.info(),
-                "probe": {k: {"usable": ok, "reason": why} for k, (ok, why) in probe().items()},
-                "networks": len(state.networks), "endpoints": len(state.endpoints),
-                "published_ports": len(state.ports), "dns_upstreams": self.host.dns_upstreams,
+                # as probed when the agent chose its datapath: probing compiles a BPF program
+                "probe": {k: {"usable": ok, "reason": why} for k, (ok, why) in probe(cached=True).items()},
+                "networks": networks, "endpoints": endpoints,
+                "published_ports": ports, "dns_upstreams": self.host.dns_upstreams,
                 "store": self.host.db_path}
 
     # ================================================================ networks
@@ -292,6 +322,7 @@ class Engine:
                 if any(e.name == name for e in tx.endpoints()):
                     raise Conflict(f"the endpoint name {name} is already in use")
                 ep = Endpoint(id=_new_id(), name=name, mode="bridge", netns_path="", created=time.time())
+                changes = PortChanges()      # what this endpoint publishes: all the datapath needs
                 if network.startswith("container:"):
                     target = tx.endpoint(network.split(":", 1)[1])
                     if target is None:
@@ -323,12 +354,14 @@ class Engine:
                     atts = []
                     if net.driver == "bridge":
                         atts.append(self._attach_record(tx, net, ep, static_ip, aliases, index=0))
-                        self._publish_records(tx, ep, net, specs)
+                        changes = PortChanges(atts[0].ip, self._publish_records(tx, ep, net, specs))
+            specs = None            # thousands of tuples for a port range: not kept for the reply
             try:
-                self._apply_endpoint(ep)
+                self._apply_endpoint(ep, changes)
             except BaseException:
                 self._undo_endpoint(ep)
                 raise
+            changes = None
             log.info("endpoint %s created (%s mode) on %s%s", name, ep.mode, network,
                      "".join(f", {a.ip}" for a in atts))
             return self.inspect(ep.id)
@@ -358,30 +391,45 @@ class Engine:
         tx.put_attachment(att)
         return att
 
-    def _publish_records(self, tx, ep: Endpoint, net: Network, specs):
-        if specs and net.internal:
+    def _publish_records(self, tx, ep: Endpoint, net: Network, specs) -> list[tuple]:
+        """Store ``specs`` as ``ep``'s port mappings. Only the mappings in the host-port range the
+        specs use are read for the collision check, so publishing one port next to 10,000 reads
+        about one. Returns them as ``PortChanges.added`` (the specs themselves where they name
+        their host port: a range of 10,000 ports is not copied)."""
+        if not specs:
+            return []
+        if net.internal:
             raise InvalidArgument(f"cannot publish ports on internal network {net.name}")
-        existing = tx.ports()
-        by_port: dict[tuple[str, int], list[PortMapping]] = {}      # collisions need the same proto+port
-        for o in existing:
-            by_port.setdefault((o.proto, o.host_port), []).append(o)
-        for proto, host_ip, host_port, ctr_port in specs:
+        # host_port * 2 + (1 for udp) -> the host address holding it, or a tuple of several
+        # ("0.0.0.0" = all of them); int keys: a range of 10,000 ports makes few objects
+        taken: dict[int, str | tuple[str, ...]] = {}
+        for proto in sorted({s[0] for s in specs}):
+            ports = [s[2] for s in specs if s[0] == proto and s[2] is not None]
+            lo, hi = (min(ports), max(ports)) if ports else (EPHEMERAL_PORTS.start, EPHEMERAL_PORTS.start)
+            if len(ports) < sum(1 for s in specs if s[0] == proto):     # some need a free port
+                lo, hi = min(lo, EPHEMERAL_PORTS.start), max(hi, EPHEMERAL_PORTS.stop - 1)
+            del ports
+            for host_ip, host_port in tx.host_ports_in(proto, lo, hi):
+                _take(taken, host_port * 2 + (proto == "udp"), host_ip)
+        added = []
+        for spec in specs:
+            proto, host_ip, host_port, ctr_port = spec
             if host_port is None:
-                host_port = self._free_host_port(existing, proto, host_ip)
-            pm = PortMapping(ep.id, proto, host_ip, host_port, ctr_port)
-            same = by_port.setdefault((proto, host_port), [])
-            if any(o.collides_with(pm) for o in same):
+                host_port = self._free_host_port(taken, proto, host_ip)
+                spec = (proto, host_ip, host_port, ctr_port)
+            key = host_port * 2 + (proto == "udp")
+            if _collides(taken.get(key), host_ip):
                 raise Conflict(f"bind for {host_ip}:{host_port}/{proto} failed: port is already allocated")
-            tx.put_port(pm)
-            existing.append(pm)
-            same.append(pm)
+            _take(taken, key, host_ip)
+            added.append(spec)
+        del taken
+        tx.put_ports((ep.id, proto, host_ip, host_port, ctr_port) for proto, host_ip, host_port, ctr_port in added)
+        return added
 
     @staticmethod
-    def _free_host_port(existing, proto, host_ip) -> int:
-        used = {p.host_port for p in existing if p.proto == proto and (host_ip in ("0.0.0.0", p.host_ip)
-                                                                         or p.host_ip == "0.0.0.0")}
+    def _free_host_port(taken, proto, host_ip) -> int:
         for port in EPHEMERAL_PORTS:
-            if port not in used:
+            if not _collides(taken.get(port * 2 + (proto == "udp")), host_ip):
                 return port
         raise Conflict(f"all ports are allocated ({EPHEMERAL_PORTS.start}-{EPHEMERAL_PORTS.stop - 1}/{proto})")
 
@@ -393,14 +441,16 @@ class Engine:
                 return a.index
         return atts[0].index if atts else -1
 
-    def _apply_endpoint(self, ep: Endpoint):
+    def _apply_endpoint(self, ep: Endpoint, changes: PortChanges | None = None):
+        """Make the kernel match ``ep``; ``changes``: the published ports this operation changed,
+        when that is all it changed about them (None: the datapath works it out from the state)."""
         if ep.owned and ep.netns_name:
             netns.ensure_netns(ep.netns_name)
         state = self.state()
         primary = self._primary_index(state, ep)
         for att in state.attachments_of(ep.id):
             self.datapath.ensure_attachment(state.network(att.network_id), ep, att, att.index == primary)
-        self.datapath.sync_policy(state)
+        self.datapath.sync_policy(state, changes)
         self._write_resolv_conf(state, ep)
         self._refresh_dns(state)
 
@@ -408,7 +458,9 @@ class Engine:
         """Remove every trace of ``ep`` from the kernel and the store (rollback and ``rm``)."""
         state = self.state()
         atts = state.attachments_of(ep.id)
+        carrier = next((a for a in atts if not state.network(a.network_id).internal), None)
         with self.store.transaction() as tx:
+            gone = [(p.proto, p.host_ip, p.host_port, p.container_port) for p in tx.ports(ep.id)]
             tx.delete_endpoint(ep.id)
         state = self.state()
         errors = []
@@ -420,7 +472,7 @@ class Engine:
             except DocklineError as e:
                 errors.append(str(e))
         try:
-            self.datapath.sync_policy(state)
+            self.datapath.sync_policy(state, PortChanges(carrier.ip if carrier else "", removed=gone))
         except DocklineError as e:
             errors.append(str(e))
         if ep.owned and ep.netns_name:

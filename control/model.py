@@ -74,10 +74,10 @@ class Attachment:
         return dataclasses.asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class PortMapping:
     """One published port: host_ip:host_port/proto -> endpoint:container_port.
-    ``host_ip`` "0.0.0.0" means every host address."""
+    ``host_ip`` "0.0.0.0" means every host address. (Slots: there can be tens of thousands.)"""
 
     endpoint_id: str
     proto: str
@@ -97,7 +97,8 @@ class PortMapping:
         return f"{self.container_port}/{self.proto} -> {self.host_ip}:{self.host_port}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"endpoint_id": self.endpoint_id, "proto": self.proto, "host_ip": self.host_ip,
+                "host_port": self.host_port, "container_port": self.container_port}
 
 
 @dataclass

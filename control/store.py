@@ -18,6 +18,7 @@ from .errors import Conflict
 from .model import Attachment, Endpoint, Network, PortMapping
 
 SCHEMA_VERSION = 1
+CACHE_KIB = 512
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +36,8 @@ CREATE TABLE IF NOT EXISTS ports (
     proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL,
     endpoint_id TEXT NOT NULL, container_port INTEGER NOT NULL,
     PRIMARY KEY (proto, host_ip, host_port));
+CREATE INDEX IF NOT EXISTS ports_by_endpoint ON ports (endpoint_id);
+CREATE INDEX IF NOT EXISTS ports_by_port ON ports (proto, host_port);
 """
 
 
@@ -75,10 +78,22 @@ class Transaction(abc.ABC):
     @abc.abstractmethod
     def put_port(self, pm: PortMapping) -> None:
         """Raise Conflict if the (proto, host_ip, host_port) key is taken."""
+    # (put_ports, port_count, host_ports_in: defaults in terms of the others; backends do better)
+    def put_ports(self, rows) -> None:
+        """Many mappings at once, as ``(endpoint_id, proto, host_ip, host_port, container_port)``
+        tuples (publishing a range of thousands of ports creates no record objects)."""
+        for r in rows:
+            self.put_port(PortMapping(*r))
     @abc.abstractmethod
     def delete_ports(self, ep_id: str) -> None: ...
     @abc.abstractmethod
     def ports(self, ep_id: str | None = None) -> list[PortMapping]: ...
+    def port_count(self) -> int:
+        return len(self.ports())
+    def host_ports_in(self, proto: str, lo: int, hi: int) -> list[tuple[str, int]]:
+        """``(host_ip, host_port)`` of the ``proto`` mappings with ``lo <= host_port <= hi`` (what a
+        new mapping in that range can collide with, without reading every mapping)."""
+        return [(p.host_ip, p.host_port) for p in self.ports() if p.proto == proto and lo <= p.host_port <= hi]
     # metadata
     @abc.abstractmethod
     def get_meta(self, key: str, default: str | None = None) -> str | None: ...
@@ -126,6 +141,10 @@ class SQLiteStore(Store):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # The page cache lives in the agent's heap: SQLite's default (2 MiB) would hold all of a
+        # store with 10,000 published ports (2.2 MB with its indexes). Changes read a few rows
+        # through the indexes, and the kernel caches the file for the rest.
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._lock = threading.RLock()
         with self._lock:
             self._db.executescript(_SCHEMA)
@@ -229,12 +248,31 @@ class _SQLiteTx(Transaction):
         except sqlite3.IntegrityError:
             raise Conflict(f"bind for {pm.host_ip}:{pm.host_port}/{pm.proto} failed: port is already allocated") from None
 
+    def put_ports(self, rows):
+        try:
+            self.db.executemany("INSERT INTO ports VALUES (?, ?, ?, ?, ?)",
+                                ((proto, ip, port, ep, cport) for ep, proto, ip, port, cport in rows))
+        except sqlite3.IntegrityError:
+            raise Conflict("bind failed: a port in the range is already allocated") from None
+
     def delete_ports(self, ep_id):
         self._q("DELETE FROM ports WHERE endpoint_id=?", ep_id)
 
+    def port_count(self):
+        return self._q("SELECT count(*) FROM ports")[0][0]
+
+    def host_ports_in(self, proto, lo, hi):
+        return self._q("SELECT host_ip, host_port FROM ports WHERE proto=? AND host_port BETWEEN ? AND ?",
+                       proto, lo, hi)
+
     def ports(self, ep_id=None):
-        sql = "SELECT endpoint_id, proto, host_ip, host_port, container_port FROM ports"
-        rows = self._q(sql + " WHERE endpoint_id=? ORDER BY rowid", ep_id) if ep_id else self._q(sql + " ORDER BY rowid")
+        # rows one at a time (no list of 10,000 row tuples), and one endpoint id string for all
+        if ep_id:
+            rows = self.db.execute("SELECT proto, host_ip, host_port, container_port FROM ports WHERE "
+                                   "endpoint_id=? ORDER BY rowid", (ep_id,))
+            return [PortMapping(ep_id, *r) for r in rows]
+        rows = self.db.execute("SELECT endpoint_id, proto, host_ip, host_port, container_port FROM ports "
+                               "ORDER BY rowid")
         return [PortMapping(*r) for r in rows]
 
     def get_meta(self, key, default=None):

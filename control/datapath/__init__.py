@@ -20,9 +20,19 @@ log = logging.getLogger("dockline.datapath")
 BACKENDS = {"ebpf": EbpfDatapath, "kernel": KernelDatapath}
 
 
-def probe() -> dict:
-    """{backend name: (usable, reason)} for every known backend."""
-    return {name: cls.probe() for name, cls in BACKENDS.items()}
+_probed: dict = {}
+
+
+def probe(cached: bool = False) -> dict:
+    """{backend name: (usable, reason)} for every known backend. The eBPF probe compiles and
+    loads a program (hundreds of ms, and LLVM's memory stays with the process), so ``cached``
+    answers with the last result this process got, probing only if it has none."""
+    if cached and _probed:
+        return dict(_probed)
+    results = {name: cls.probe() for name, cls in BACKENDS.items()}
+    _probed.clear()
+    _probed.update(results)
+    return results
 
 
 def select_datapath(requested: str | None, host) -> Datapath:

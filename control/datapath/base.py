@@ -3,14 +3,63 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..model import Attachment, Endpoint, Network, PortMapping
 
 
+class LazyPorts(Sequence):
+    """``DesiredState.ports`` read from the store on first use: most changes never look at the
+    published ports (the eBPF backend is handed what changed), and at 10,000 ports reading them
+    all is most of a change's cost. The engine builds its snapshots under its lock, so what is
+    read later is what would have been read at once."""
+
+    def __init__(self, load: Callable[[], list[PortMapping]]):
+        self._load, self._ports = load, None
+
+    @property
+    def loaded(self) -> list[PortMapping]:
+        if self._ports is None:
+            self._ports = self._load()
+            self._load = None
+        return self._ports
+
+    def __getitem__(self, i):
+        return self.loaded[i]
+
+    def __len__(self):
+        return len(self.loaded)
+
+    def __iter__(self):
+        return iter(self.loaded)
+
+    def __eq__(self, other):
+        return list(self) == list(other)
+
+    def __repr__(self):
+        return f"LazyPorts({'not read' if self._ports is None else len(self._ports)})"
+
+
+@dataclass
+class PortChanges:
+    """The published ports of one endpoint that appear or go with it, which the engine knows
+    without reading the others: ``added`` as ``(proto, host_ip, host_port, container_port)`` (all
+    of a new endpoint's), ``removed`` as the same tuples (all of an endpoint that goes), landing
+    on ``container_ip`` ("" when they were not published: no attachment carries them). No other
+    endpoint's port has that address as its target. A backend may apply just these when nothing
+    else changed since its last apply, and must otherwise make the whole of ``state.ports`` true."""
+
+    container_ip: str = ""
+    added: list[tuple] = field(default_factory=list)
+    removed: list[tuple] = field(default_factory=list)
+
+
 @dataclass
 class DesiredState:
-    """Everything the kernel must reflect, read from the store in one transaction."""
+    """Everything the kernel must reflect, read from the store in one transaction (``ports`` may
+    be a ``LazyPorts``, read on first use)."""
 
     networks: list[Network] = field(default_factory=list)
     endpoints: list[Endpoint] = field(default_factory=list)
@@ -72,8 +121,10 @@ class Datapath(abc.ABC):
     def remove_attachment(self, net: Network, ep: Endpoint, att: Attachment) -> None: ...
 
     @abc.abstractmethod
-    def sync_policy(self, state: DesiredState) -> None:
-        """Make NAT (published ports, masquerade) and isolation match ``state`` as a whole."""
+    def sync_policy(self, state: DesiredState, changes: PortChanges | None = None) -> None:
+        """Make NAT (published ports, masquerade) and isolation match ``state`` as a whole.
+        ``changes``, when given, is exactly what this operation changed in the published ports
+        since the previous call (a hint: the result must be the same without it)."""
 
     @abc.abstractmethod
     def remove_orphans(self, state: DesiredState) -> list[str]:

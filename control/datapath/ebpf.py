@@ -19,10 +19,13 @@ deletes expired ones (ct_gc.py).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import itertools
 import logging
 import os
 import shutil
+import socket
 import time
 import zlib
 
@@ -36,6 +39,7 @@ from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
 from . import bpf_structs as S
 from . import cgroup_attach, loader
+from .base import PortChanges
 from .ct_gc import ConntrackGC
 from .kernel import KernelDatapath
 from .nat_maps import NatMaps
@@ -62,29 +66,39 @@ def net_number(net_id: str) -> int:
     return (zlib.crc32(net_id.encode()) & 0x7FFFFFFF) or 1
 
 
-def control_plane_rules(state) -> tuple[Ruleset, dict]:
+def control_plane_chains(networks) -> Ruleset:
     """The control plane's own nat rules, Docker's shapes (userland proxy off), as a Ruleset with
-    the jumps and masquerade rules, plus the published ports for chain DOCKLINE as plain
-    ``{(host_ip, host_port, proto number): (container ip, container port)}``: thousands of ports
-    never become Rule objects, and comparing two such dicts is cheap. A container reaching its
-    own published port is SNATed to its gateway by the datapath itself (the hairpin rule Docker
-    writes per port: NatMaps.sync_hairpin_targets)."""
+    the jumps and masquerade rules; chain DOCKLINE holds no rules here: the published ports are
+    ``published_ports``. A container reaching its own published port is SNATed to its gateway by
+    the datapath itself (the hairpin rule Docker writes per port: the published ports' targets
+    in NAT_HAIRPIN_TABLE)."""
     rs = Ruleset()
     rs.chains["DOCKLINE"] = []
     rs.chains["DOCKLINE-POSTROUTING"] = []
     rs.chains["PREROUTING"].append(Rule(dst_type="LOCAL", target="DOCKLINE"))
     rs.chains["OUTPUT"].append(Rule(dst_type="LOCAL", target="DOCKLINE"))
     rs.chains["POSTROUTING"].append(Rule(target="DOCKLINE-POSTROUTING"))
-    for n in state.networks:
+    for n in networks:
         if n.driver == "bridge" and not n.internal:
             rs.chains["DOCKLINE-POSTROUTING"].append(
                 Rule(src=ipaddress.IPv4Network(n.subnet), out_iface=n.bridge, out_neg=True, target="MASQUERADE"))
+    return rs
+
+
+def published_ports(state) -> dict:
+    """The published ports for chain DOCKLINE as plain ``{(host_ip, host_port, proto number):
+    (container ip, container port)}``: thousands of ports never become Rule objects. Memoised
+    on ``state`` (a whole apply needs them for the rules and for the hairpin targets)."""
+    memo = getattr(state, "__dict__", {})
+    if "_published" in memo:
+        return memo["_published"]
     published = {}
     for pm in state.ports:
         target = state.port_target(pm)
         if target is not None:
             published[(pm.host_ip, pm.host_port, 6 if pm.proto == "tcp" else 17)] = (target.ip, pm.container_port)
-    return rs, published
+    memo["_published"] = published
+    return published
 
 
 def published_as_rules(published: dict) -> list[Rule]:
@@ -103,15 +117,34 @@ def exact_entry(key, value) -> tuple:
     return (daddr, port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1]))
 
 
-def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
+def _user_rules(text: str) -> Ruleset | None:
+    """The user's nat table parsed (the last text is remembered: it changes rarely, and every
+    change of anything else compares the rule set). Never mutated by its users."""
+    if not text:
+        return None
+    if _user_cache.get("text") != text:
+        _user_cache["rules"] = parse_save(text)[0]
+        _user_cache["text"] = text
+    return _user_cache["rules"]
+
+
+_user_cache: dict = {}
+
+
+def merged_rules(networks, user_text: str) -> Ruleset:
     """Control-plane chains first (their jumps lead each built-in chain), then the user's rules."""
-    rs, published = control_plane_rules(state)
-    if user_text:
-        user, _ = parse_save(user_text)
+    rs = control_plane_chains(networks)
+    user = _user_rules(user_text)
+    if user is not None:
         for chain, rules in user.chains.items():
             rs.chains.setdefault(chain, [])
             rs.chains[chain].extend(rules)
-    return rs, published
+    return rs
+
+
+def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
+    """``merged_rules`` and the published ports of ``state``."""
+    return merged_rules(state.networks, user_text), published_ports(state)
 
 
 def loopback_masquerade_source(addrs, lo_index: int | None) -> str | None:
@@ -127,6 +160,50 @@ def loopback_masquerade_source(addrs, lo_index: int | None) -> str | None:
 
 def _iface_names(rs: Ruleset) -> set[str]:
     return {n for rules in rs.chains.values() for r in rules for n in (r.in_iface, r.out_iface) if n}
+
+
+_PROTO = {"tcp": 6, "udp": 17}
+
+
+def _exact_key(proto: str, host_ip: str, port: int) -> tuple:
+    """A published port's (daddr, port, proto number), as ``exact_entry`` keys it."""
+    return (nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip), port, _PROTO[proto])
+
+
+class AddressWatch:
+    """Whether the host's IPv4 addresses or routes may have changed since the last look: a
+    netlink socket subscribed to their groups (opened in the host netns) is drained, and anything
+    read, or an overflow, means they may have. Nothing is parsed: the caller dumps again."""
+
+    GROUPS = 0x10 | 0x40            # RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.bind((0, self.GROUPS))
+        self.sock.setblocking(False)
+        self.fresh = False          # nothing seen yet: the first look says "changed"
+
+    def changed(self) -> bool:
+        changed = not self.fresh
+        while True:
+            try:
+                self.sock.recv(65536)
+                changed = True
+            except BlockingIOError:
+                break
+            except OSError as e:    # ENOBUFS: events were lost
+                changed = True
+                if e.errno != errno.ENOBUFS:
+                    break
+        self.fresh = True
+        return changed
+
+    def invalidate(self) -> None:
+        """The caller could not act on the last answer: say "changed" next time."""
+        self.fresh = False
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 _addr_cache: dict[str, ipaddress.IPv4Address] = {}
@@ -168,6 +245,8 @@ class EbpfDatapath(KernelDatapath):
         self._local_prefixes: set[str] = set()     # the host's local routes ("a.b.c.d/len")
         self._loopback_attached: bool | None = None  # tc_loopback on lo (None: not known yet)
         self._loopback_key = None
+        self._synced_subnets: set | None = None    # what local_subnets was last made to hold
+        self._addr_watch: AddressWatch | None = None
 
     # ---------------------------------------------------------------- host
     def setup_host(self):
@@ -193,6 +272,10 @@ class EbpfDatapath(KernelDatapath):
         self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"])
         self.cookie = cgroup_attach.netns_cookie()
         self.gc = ConntrackGC(self.maps["ct"])
+        self._last_compile = self._synced_subnets = None
+        if self._addr_watch is None:
+            self._addr_watch = AddressWatch()
+        self._addr_watch.invalidate()
         for up in self.uplinks:
             self._attach_uplink(up)
         for up in dict.fromkeys(self.uplinks + ([self.uplink_xdp] if self.uplink_xdp else [])):
@@ -226,6 +309,10 @@ class EbpfDatapath(KernelDatapath):
         for m in self.maps.values():
             m.close()
         self.maps = {}
+        self._last_compile = self._synced_subnets = None
+        if self._addr_watch is not None:
+            self._addr_watch.close()
+            self._addr_watch = None
         super().teardown_host()
         shutil.rmtree(self.host.bpf_dir, ignore_errors=True)
 
@@ -326,34 +413,59 @@ class EbpfDatapath(KernelDatapath):
         super().remove_attachment(net, ep, att)
 
     # ---------------------------------------------------------------- policy
-    def sync_policy(self, state):
+    def sync_policy(self, state, changes: PortChanges | None = None):
         super().sync_policy(state)      # filter rules only (does_nat = False)
         want_nets = set()
         for n in state.networks:
             if n.subnet:
                 addr, plen = n.subnet.split("/")
                 want_nets.add((int(plen), S.be32(addr)))
-        self._sync_set(self.maps["subnets"], want_nets, lambda k: (k.prefixlen, k.addr),
-                       lambda t: S.SubnetKey(t[0], t[1]))
+        if want_nets != self._synced_subnets:
+            self._synced_subnets = None
+            self._sync_set(self.maps["subnets"], want_nets, lambda k: (k.prefixlen, k.addr),
+                           lambda t: S.SubnetKey(t[0], t[1]))
+            self._synced_subnets = want_nets
         self._sync_host_addresses()
-        self.apply_nat(state)
+        self.apply_nat(state, changes)
 
-    def apply_nat(self, state) -> dict:
+    def apply_nat(self, state, changes: PortChanges | None = None) -> dict:
         """Compile the control plane's and the user's nat rules and write them (atomically).
 
-        Fast path: when only published ports changed (the rules around them, the networks and
-        the interfaces they name are as last time), their exact entries are updated in place.
-        The result (also in ``info()["nat"]``) carries the seconds this took."""
+        Fast paths, when the rules around the published ports, the networks and the interfaces
+        they name are as last time: with ``changes`` (what this operation published or
+        unpublished) only those exact entries are written, without reading the other ports;
+        without, the published ports of ``state`` are compared with the live entries and the
+        difference written in place. Anything else compiles the whole rule set. The result (also
+        in ``info()["nat"]``) carries the seconds this took."""
         t0 = time.perf_counter()
-        result = self._apply_nat(state)
+        try:
+            result = self._apply_nat(state, changes)
+        except BaseException:
+            self._last_compile = None   # the maps may hold part of it: the next apply is a full one
+            raise
         result["seconds"] = round(time.perf_counter() - t0, 6)
         return result
 
-    def _apply_nat(self, state) -> dict:
-        rs, published = merged_ruleset(state, getattr(state, "nat_rules", ""))
-        result = self._apply_nat_rules(rs, published)
-        result["hairpin_ops"] = self.nat.sync_hairpin_targets(
-            {(ip, cport, proto) for (_, _, proto), (ip, cport) in published.items()})
+    def _ifindex(self, name: str) -> int | None:
+        """An interface of the host netns by name (the agent's threads all live there): an ioctl,
+        not a netlink round trip, since every change checks the names its nat rules use."""
+        try:
+            return socket.if_nametoindex(name)
+        except OSError:
+            return None
+
+    def _apply_nat(self, state, changes: PortChanges | None) -> dict:
+        rs = merged_rules(state.networks, getattr(state, "nat_rules", ""))
+        result = self._apply_nat_rules(rs, state, changes)
+        if changes is not None and result.get("incremental"):
+            # a new endpoint's targets appear, a removed endpoint's go (no other port has them)
+            result["hairpin_ops"] = self.nat.hairpin_delta(
+                {(changes.container_ip, cport, _PROTO[proto]) for proto, _, _, cport in changes.added},
+                {(changes.container_ip, cport, _PROTO[proto]) for proto, _, _, cport in changes.removed}
+                if changes.container_ip else set())
+        else:
+            result["hairpin_ops"] = self.nat.sync_hairpin_targets(
+                {(ip, cport, proto) for (_, _, proto), (ip, cport) in published_ports(state).items()})
         self._sync_bridged_nat(rs, state)
         self._sync_loopback_nat(rs)
         return result
@@ -400,33 +512,30 @@ class EbpfDatapath(KernelDatapath):
                 log.info("network %s: frames between its endpoints are %s by the nat rules", n.name,
                          "judged" if n.bridge in want else "no longer judged")
 
-    def _apply_nat_rules(self, rs: Ruleset, published: dict) -> dict:
-        fingerprint = (rs.save(), tuple(sorted((n, links.link_index(self.ipr, n)) for n in _iface_names(rs))))
+    def _apply_nat_rules(self, rs: Ruleset, state, changes: PortChanges | None) -> dict:
+        fingerprint = (rs.save(), tuple(sorted((n, self._ifindex(n)) for n in _iface_names(rs))))
         last = self._last_compile
         if (last and last["fingerprint"] == fingerprint
                 and self.nat.live_config().generation == last["generation"]):
-            old = last["published"]
-            changes = [(exact_entry(k, v)[:3], exact_entry(k, v)[3]) for k, v in published.items() if old.get(k) != v]
-            changes += [(exact_entry(k, v)[:3], None) for k, v in old.items() if k not in published]
-            self.last_nat_apply = self.nat.apply_managed_delta(last["tables"], changes)
-            last["published"] = published
+            if changes is not None:     # streamed: 10,000 ports become no list of entries
+                delta = itertools.chain(
+                    ((_exact_key(proto, host_ip, port), None) for proto, host_ip, port, _ in changes.removed),
+                    ((_exact_key(proto, host_ip, port), nat_compiler.ExactValue(_ip(changes.container_ip), cport))
+                     for proto, host_ip, port, cport in changes.added))
+                self.last_nat_apply = self.nat.apply_managed_delta(last["tables"], delta)
+            else:
+                entries = [exact_entry(k, v) for k, v in published_ports(state).items()]
+                self.last_nat_apply = self.nat.replace_managed(last["tables"], [(e[:3], e[3]) for e in entries])
             return self.last_nat_apply
-        names = {}
-
-        def ifindex(name):
-            if name not in names:
-                names[name] = links.link_index(self.ipr, name)
-            return names[name]
-
-        entries = [exact_entry(k, v) for k, v in published.items()]
+        entries = [exact_entry(k, v) for k, v in published_ports(state).items()]
         progs = []
 
         def compile_and_keep(base):
-            progs.append(nat_compiler.compile_ruleset(rs, ifindex, base, managed={"DOCKLINE": entries}))
+            progs.append(nat_compiler.compile_ruleset(rs, self._ifindex, base, managed={"DOCKLINE": entries}))
             return progs[-1]
 
         self.last_nat_apply = self.nat.apply(compile_and_keep, self.cookie, *NAT_PORT_RANGE)
-        self._last_compile = {"fingerprint": fingerprint, "published": published,
+        self._last_compile = {"fingerprint": fingerprint,
                               "tables": progs[-1].managed_tables.get("DOCKLINE", []),
                               "generation": self.nat.live_config().generation}
         return self.last_nat_apply
@@ -434,12 +543,23 @@ class EbpfDatapath(KernelDatapath):
     def check_nat(self, state) -> None:
         """Raise InvalidArgument if the rules in ``state`` do not compile (nothing is written)."""
         rs, published = merged_ruleset(state, getattr(state, "nat_rules", ""))
-        nat_compiler.compile_ruleset(rs, lambda n: links.link_index(self.ipr, n), 1,
+        nat_compiler.compile_ruleset(rs, self._ifindex, 1,
                                      managed={"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]})
 
     def _sync_host_addresses(self):
         """nat_ifaddr: every interface's first IPv4 address (MASQUERADE leaving by it, REDIRECT
-        arriving by it); local_addrs: the host's local routing table (addrtype LOCAL)."""
+        arriving by it); local_addrs: the host's local routing table (addrtype LOCAL). Dumped
+        only when the host's IPv4 addresses or routes may have changed since the last time."""
+        if self._addr_watch is not None and not self._addr_watch.changed():
+            return
+        try:
+            self._dump_host_addresses()
+        except BaseException:
+            if self._addr_watch is not None:
+                self._addr_watch.invalidate()
+            raise
+
+    def _dump_host_addresses(self):
         want_if = {}
         addrs = self.ipr.get_addr(family=2)
         for a in addrs:

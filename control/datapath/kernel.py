@@ -17,7 +17,7 @@ from ..config import BRIDGE_PREFIX, DEFAULT_BRIDGE, VETH_PREFIX
 from ..errors import DatapathError
 from ..netlink import links
 from . import iptables_rules as rules
-from .base import Datapath, DesiredState
+from .base import Datapath, DesiredState, PortChanges
 
 log = logging.getLogger("dockline.kernel")
 
@@ -97,9 +97,11 @@ class KernelDatapath(Datapath):
         links.remove_link(self.ipr, att.host_ifname)
 
     # ---------------------------------------------------------------- policy
-    def sync_policy(self, state: DesiredState):
+    def sync_policy(self, state: DesiredState, changes: PortChanges | None = None):
+        """The whole rule set is rendered and, if it differs, restored: ``changes`` is not used.
+        Without NAT (the eBPF backend's filter rules) the published ports are not even read."""
         published = []
-        for pm in state.ports:
+        for pm in state.ports if self.does_nat else ():
             target = state.port_target(pm)
             if target is None:
                 continue

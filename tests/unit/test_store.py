@@ -199,6 +199,40 @@ def test_put_port_duplicate_conflicts(store):
         assert tx.ports(EP_ID) == [port()]
 
 
+def test_put_ports_in_bulk_and_the_reads_that_avoid_reading_them_all(store):
+    with store.transaction() as tx:
+        tx.put_endpoint(ep())
+        tx.put_endpoint(ep(EP2_ID, "b"))
+        tx.put_ports((EP_ID, "tcp", "0.0.0.0", 30000 + i, 80 + i) for i in range(1000))   # an iterator
+        tx.put_port(port(EP2_ID, proto="udp", host_port=30500))
+        tx.put_port(port(EP2_ID, host_ip="127.0.0.1", host_port=40000))
+    with store.transaction() as tx:
+        assert tx.port_count() == 1002
+        assert tx.ports(EP_ID)[:2] == [port(host_port=30000, ctr=80), port(host_port=30001, ctr=81)]
+        assert len(tx.ports(EP_ID)) == 1000 and tx.ports(EP2_ID) == [port(EP2_ID, proto="udp", host_port=30500),
+                                                                       port(EP2_ID, host_ip="127.0.0.1", host_port=40000)]
+        assert sorted(tx.host_ports_in("tcp", 30998, 40000)) == [("0.0.0.0", 30998), ("0.0.0.0", 30999),
+                                                                  ("127.0.0.1", 40000)]
+        assert tx.host_ports_in("udp", 30000, 30999) == [("0.0.0.0", 30500)]
+        assert tx.host_ports_in("udp", 1, 29999) == []
+    # one duplicate key refuses the whole batch, and the transaction with it
+    with pytest.raises(Conflict):
+        with store.transaction() as tx:
+            tx.put_ports([(EP2_ID, "tcp", "0.0.0.0", 50000, 1), (EP2_ID, "tcp", "0.0.0.0", 30001, 1)])
+    with store.transaction() as tx:
+        assert tx.port_count() == 1002 and tx.host_ports_in("tcp", 50000, 50000) == []
+
+
+def test_port_indexes_exist_and_the_page_cache_is_capped(store):
+    names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"ports_by_endpoint", "ports_by_port"} <= names
+    plan = " ".join(r[-1] for r in store._db.execute(
+        "EXPLAIN QUERY PLAN SELECT host_ip, host_port FROM ports WHERE proto=? AND host_port BETWEEN ? AND ?",
+        ("tcp", 1, 2)))
+    assert "ports_by_port" in plan
+    assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -512
+
+
 # ------------------------------------------------------------------------- cascades
 def test_delete_endpoint_removes_its_attachments_ports_and_leases(store):
     populate(store)
