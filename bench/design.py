@@ -17,7 +17,7 @@ P4, publishing ports (bench/publishing.py):
     repeats) is subtracted; the raw time is shown next to it;
   * one more in ≤ 5 ms: (endpoint with one port) − (endpoint without ports), median of repeated
     pairs with a bootstrap 95 % interval (PASS/MISS only when the interval is on one side of the
-    limit; while it is not, more pairs are measured, up to 61); the raw first measurement and the
+    limit; while it is not, more pairs are measured, up to 121); the raw first measurement and the
     agent's own NAT step time (first, and medians over the pairs) are shown next to it;
   * ≤ 10 MB extra memory: control-plane RSS delta + machine Slab delta, in MB (10^6 bytes); a
     negative part (memory freed by other activity while sampling) counts as 0, never as a credit;

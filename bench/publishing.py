@@ -130,7 +130,7 @@ def unresolved(ci: list[float], limit_s: float | None) -> bool:
 
 
 def measure(n: int, cb: Callbacks, repeats: int = 21, settle: float = 2.0, limit_s: float | None = P4_ONE_S,
-            max_repeats: int = 61, step: int = 10) -> dict:
+            max_repeats: int = 121, step: int = 20) -> dict:
     cb.remove("cost", "cost1")
     cb.create("cost", [ONE_MORE])   # warm-up: the publishing code paths run once before anything is timed
     cb.remove("cost")
