@@ -85,6 +85,9 @@ def control_plane_chains(networks) -> Ruleset:
     return rs
 
 
+_PROTO = {"tcp": 6, "udp": 17}
+
+
 def published_ports(state) -> dict:
     """The published ports for chain DOCKLINE as plain ``{(host_ip, host_port, proto number):
     (container ip, container port)}``: thousands of ports never become Rule objects. Memoised
@@ -96,7 +99,7 @@ def published_ports(state) -> dict:
     for pm in state.ports:
         target = state.port_target(pm)
         if target is not None:
-            published[(pm.host_ip, pm.host_port, 6 if pm.proto == "tcp" else 17)] = (target.ip, pm.container_port)
+            published[(pm.host_ip, pm.host_port, _PROTO[pm.proto])] = (target.ip, pm.container_port)
     memo["_published"] = published
     return published
 
@@ -110,11 +113,15 @@ def published_as_rules(published: dict) -> list[Rule]:
             for (host_ip, port, proto), (ip, cport) in published.items()]
 
 
+def _host_daddr(host_ip: str):
+    """A published port's host address as the compiler keys it (0.0.0.0: any destination)."""
+    return nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip)
+
+
 def exact_entry(key, value) -> tuple:
     """A published port as the compiler's (daddr, port, proto, ExactValue)."""
     host_ip, port, proto = key
-    daddr = nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip)
-    return (daddr, port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1]))
+    return (_host_daddr(host_ip), port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1]))
 
 
 def _user_rules(text: str) -> Ruleset | None:
@@ -162,12 +169,10 @@ def _iface_names(rs: Ruleset) -> set[str]:
     return {n for rules in rs.chains.values() for r in rules for n in (r.in_iface, r.out_iface) if n}
 
 
-_PROTO = {"tcp": 6, "udp": 17}
-
 
 def _exact_key(proto: str, host_ip: str, port: int) -> tuple:
     """A published port's (daddr, port, proto number), as ``exact_entry`` keys it."""
-    return (nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip), port, _PROTO[proto])
+    return (_host_daddr(host_ip), port, _PROTO[proto])
 
 
 class AddressWatch:
@@ -456,7 +461,8 @@ class EbpfDatapath(KernelDatapath):
 
     def _apply_nat(self, state, changes: PortChanges | None) -> dict:
         rs = merged_rules(state.networks, getattr(state, "nat_rules", ""))
-        result = self._apply_nat_rules(rs, state, changes)
+        text = rs.save()            # the rule set's identity for the three checks below
+        result = self._apply_nat_rules(rs, text, state, changes)
         if changes is not None and result.get("incremental"):
             # a new endpoint's targets appear, a removed endpoint's go (no other port has them)
             result["hairpin_ops"] = self.nat.hairpin_delta(
@@ -466,23 +472,22 @@ class EbpfDatapath(KernelDatapath):
         else:
             result["hairpin_ops"] = self.nat.sync_hairpin_targets(
                 {(ip, cport, proto) for (_, _, proto), (ip, cport) in published_ports(state).items()})
-        self._sync_bridged_nat(rs, state)
-        self._sync_loopback_nat(rs)
+        self._sync_bridged_nat(rs, text, state)
+        self._sync_loopback_nat(rs, text)
         return result
 
-    def _sync_loopback_nat(self, rs: Ruleset) -> None:
+    def _sync_loopback_nat(self, rs: Ruleset, text: str) -> None:
         """tc_loopback on lo's egress while some POSTROUTING rule could translate host-local
         traffic (control/nat/reach.py), detached otherwise: it tracks every host-local flow."""
-        key = (rs.save(), tuple(sorted(self._local_prefixes)))
+        key = (text, tuple(sorted(self._local_prefixes)))
         if key == self._loopback_key:
             return
         self._loopback_key = key
         want = loopback_may_translate(rs, self._local_prefixes)
         if want == self._loopback_attached:
             return
-        idx = links.link_index(self.ipr, "lo")
         if want:
-            self._tc_filter(idx, "lo", "tc_loopback", EGRESS)
+            self._tc_filter(self._ifindex("lo"), "lo", "tc_loopback", EGRESS)
         else:
             self._detach_loopback()
         self._loopback_attached = want
@@ -490,17 +495,17 @@ class EbpfDatapath(KernelDatapath):
                  else "no NAT (no POSTROUTING rule could match it)")
 
     def _detach_loopback(self) -> None:
-        idx = links.link_index(self.ipr, "lo")
+        idx = self._ifindex("lo")
         try:
             self.ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=EGRESS, prio=TC_PRIO)
         except NetlinkError:
             pass
 
-    def _sync_bridged_nat(self, rs: Ruleset, state) -> None:
+    def _sync_bridged_nat(self, rs: Ruleset, text: str, state) -> None:
         """Set NET_F_BRIDGED_NAT on the networks whose bridged frames a rule could translate
         (control/nat/reach.py); recomputed only when the rules or the networks changed."""
         nets = [n for n in state.networks if n.driver == "bridge" and not n.internal]
-        key = (rs.save(), tuple(sorted((n.bridge, n.subnet) for n in nets)))
+        key = (text, tuple(sorted((n.bridge, n.subnet) for n in nets)))
         if key == self._bridged_key:
             return
         want = bridged_nat_bridges(rs, nets)
@@ -512,8 +517,8 @@ class EbpfDatapath(KernelDatapath):
                 log.info("network %s: frames between its endpoints are %s by the nat rules", n.name,
                          "judged" if n.bridge in want else "no longer judged")
 
-    def _apply_nat_rules(self, rs: Ruleset, state, changes: PortChanges | None) -> dict:
-        fingerprint = (rs.save(), tuple(sorted((n, self._ifindex(n)) for n in _iface_names(rs))))
+    def _apply_nat_rules(self, rs: Ruleset, text: str, state, changes: PortChanges | None) -> dict:
+        fingerprint = (text, tuple(sorted((n, self._ifindex(n)) for n in _iface_names(rs))))
         last = self._last_compile
         if (last and last["fingerprint"] == fingerprint
                 and self.nat.live_config().generation == last["generation"]):
@@ -566,7 +571,7 @@ class EbpfDatapath(KernelDatapath):
             idx = a["index"]
             if idx not in want_if:
                 want_if[idx] = S.be32(a.get_attr("IFA_ADDRESS"))
-        lo = links.link_index(self.ipr, "lo")
+        lo = self._ifindex("lo")
         masq = loopback_masquerade_source(addrs, lo)
         if lo is not None and masq:
             want_if[lo] = S.be32(masq)
