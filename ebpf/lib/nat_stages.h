@@ -55,6 +55,15 @@ static __always_inline int finish(dl_ctx *ctx, struct nat_scratch *s, __u32 code
 	return action;
 }
 
+/* The address REDIRECT (arriving by ifindex) or MASQUERADE (leaving by it) uses: 0 if the
+ * interface has none, which the caller answers with DROP_NAT_NO_ADDR. */
+static __always_inline __be32 ifaddr_of(__u32 ifindex)
+{
+	__be32 *a = nat_ifaddr.lookup(&ifindex);
+
+	return a ? *a : 0;
+}
+
 static __always_inline int nat_stage_eval(dl_ctx *ctx)
 {
 	struct nat_scratch *s = scratch();
@@ -105,11 +114,9 @@ static __always_inline int nat_stage_route(dl_ctx *ctx)
 	s->flags = 0;
 	if (s->d.op == NAT_OP_DNAT || s->d.op == NAT_OP_REDIRECT) {
 		if (s->d.op == NAT_OP_REDIRECT) {
-			__u32 iif = s->iif;
-			__be32 *a = nat_ifaddr.lookup(&iif);
-			if (!a)
+			s->td = ifaddr_of(s->iif);
+			if (!s->td)
 				return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
-			s->td = *a;
 			s->kind |= CT_K_LOCAL;
 		} else {
 			s->td = s->d.to_addr;
@@ -174,35 +181,29 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 	__u32 zero = 0, code = 0;
 	__u16 pmin, pmax;
 	__be16 used = 0;
-	int l4, check_host = 0, action;
+	int l4, snat, check_host = 0, action;
 
 	if (!s)
 		return CTX_ACT_OK;
 	p = s->p;
 	r = s->r;
 	l4 = p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP;
-	if (s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) {
-		if (s->d.op == NAT_OP_MASQUERADE) {
-			__u32 oif = r.oif;
-			__be32 *a = nat_ifaddr.lookup(&oif);
-			if (!a)
-				return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
-			s->ts = *a;
-		} else {
-			s->ts = s->d.to_addr;
-		}
+	/* the hairpin MASQUERADE comes first: Docker's per-port rule leads POSTROUTING */
+	snat = !s->hairpin && (s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE);
+	if (s->hairpin) {
+		s->ts = ifaddr_of(s->iif);               /* the sender's gateway */
+		if (!s->ts)
+			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
+		s->kind |= CT_K_SNAT;
+	} else if (snat) {
+		s->ts = s->d.op == NAT_OP_MASQUERADE ? ifaddr_of(r.oif) : s->d.to_addr;
+		if (!s->ts)
+			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
 		s->kind |= CT_K_SNAT;
 		/* the host's own socket holds its original tuple: that one is not a collision */
 		check_host = is_local_addr(s->ts) &&
 			     !((s->origin == NAT_ORIGIN_LOCAL_OUT || s->origin == NAT_ORIGIN_LOOPBACK) &&
 			       s->ts == p.key.saddr);
-	} else if (s->hairpin) {
-		__u32 iif = s->iif;
-		__be32 *gw = nat_ifaddr.lookup(&iif);
-		if (!gw)
-			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
-		s->ts = *gw;
-		s->kind |= CT_K_SNAT;
 	}
 	if (!s->kind)
 		return declined(ctx, s);
@@ -213,9 +214,8 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 	cfg = nat_config.lookup(&zero);
 	pmin = cfg ? cfg->port_min : 32768;
 	pmax = cfg ? cfg->port_max : 65535;
-	/* only a SNAT/MASQUERADE decision's ports: the hairpin SNAT of tc_nat_route leaves
-	 * PREROUTING's DNAT ports in s->d */
-	if ((s->d.op == NAT_OP_SNAT || s->d.op == NAT_OP_MASQUERADE) && l4 && s->d.to_port_min) {
+	/* only a SNAT/MASQUERADE decision's ports (the hairpin MASQUERADE has none) */
+	if (snat && l4 && s->d.to_port_min) {
 		pmin = s->d.to_port_min;
 		pmax = s->d.to_port_max;
 		if (bpf_ntohs(s->tsp) < pmin || bpf_ntohs(s->tsp) > pmax)

@@ -260,6 +260,17 @@ def test_users_dnat_to_a_published_target_is_masqueraded_too(world):
     assert_bytes(out, to_c1(syn, src="10.0.0.1", dst=C1.ip, dport=80))
 
 
+def test_hairpin_masquerade_comes_before_the_users_postrouting(world):
+    """Docker's per-port hairpin rule leads POSTROUTING, so a user's SNAT rule that also matches
+    the flow does not get to decide: the source is still the gateway."""
+    world.rules(CONTROL_PLANE.replace("COMMIT", "-A POSTROUTING -d 10.0.0.2/32 -j SNAT --to-source 203.0.113.1"
+                                                "\nCOMMIT"), published=C1_PUBLISHED)
+    syn = from_c1(TCP(sport=40000, dport=8080, flags="S"), dst=HOST_IP)
+    rv, out = world.endpoint(bytes(syn))
+    assert rv == TC_ACT_REDIRECT
+    assert_bytes(out, to_c1(syn, src="10.0.0.1", dst=C1.ip, dport=80))
+
+
 def test_users_dnat_to_the_sender_itself_is_not_masqueraded(world):
     """A user's DNAT rule from c1 to itself at a port nobody published, with no MASQUERADE rule
     for it: no SNAT, as with iptables (where the container then drops its own address as a
