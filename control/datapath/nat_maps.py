@@ -198,7 +198,7 @@ class NatMaps:
         want = {}
         for table in tables:
             for (daddr, port, proto), val in entries:
-                want[_KEY.pack(table, daddr.packed, port.to_bytes(2, "big"), proto)] = exact_value_raw(val)
+                want[exact_key_raw(C.ExactKey(table, daddr, port, proto))] = exact_value_raw(val)
         return self._apply_exact_in_place(want, self.live_exact(self.live_config().generation, set(tables)))
 
     def _apply_exact_in_place(self, exact: dict[bytes, bytes], have: dict[bytes, bytes]) -> dict:
