@@ -23,8 +23,8 @@ from .datapath import select_datapath
 from .datapath.base import DesiredState, LazyPorts, PortChanges
 from .errors import Conflict, DocklineError, InvalidArgument, NotFound
 from .model import (BUILTIN_NETWORKS, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Attachment, Endpoint,
-                    Network, PortMapping, mac_for_ip, parse_gateway, parse_ip, parse_ip_range, parse_mtu,
-                    parse_port_spec, parse_subnet, validate_name)
+                    Network, PortMapping, host_ips_collide, mac_for_ip, parse_gateway, parse_ip,
+                    parse_ip_range, parse_mtu, parse_port_spec, parse_subnet, validate_name)
 from .netlink import netns
 from .netlink.links import remove_inside
 from .store import SQLiteStore, Store
@@ -45,9 +45,7 @@ def _collides(holders, host_ip: str) -> bool:
     hold the same protocol and port? "0.0.0.0" collides with every address, as in Docker."""
     if holders is None:
         return False
-    if isinstance(holders, str):
-        return host_ip == "0.0.0.0" or holders in ("0.0.0.0", host_ip)
-    return host_ip == "0.0.0.0" or "0.0.0.0" in holders or host_ip in holders
+    return any(host_ips_collide(h, host_ip) for h in ((holders,) if isinstance(holders, str) else holders))
 
 
 def _take(taken: dict, key: int, host_ip: str) -> None:

@@ -74,6 +74,12 @@ class Attachment:
         return dataclasses.asdict(self)
 
 
+def host_ips_collide(a: str, b: str) -> bool:
+    """Two mappings of the same protocol and host port collide when they share the host address,
+    or either is "0.0.0.0" (all addresses), as in Docker."""
+    return "0.0.0.0" in (a, b) or a == b
+
+
 @dataclass(slots=True)
 class PortMapping:
     """One published port: host_ip:host_port/proto -> endpoint:container_port.
@@ -91,7 +97,7 @@ class PortMapping:
     def collides_with(self, other: "PortMapping") -> bool:
         if self.proto != other.proto or self.host_port != other.host_port:
             return False
-        return "0.0.0.0" in (self.host_ip, other.host_ip) or self.host_ip == other.host_ip
+        return host_ips_collide(self.host_ip, other.host_ip)
 
     def __str__(self) -> str:
         return f"{self.container_port}/{self.proto} -> {self.host_ip}:{self.host_port}"
