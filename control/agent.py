@@ -1,4 +1,4 @@
-"""The agent: one long-running process per host that owns the Engine and serves the CLI.
+"""The agent: one long-running process per host that owns the services and serves the CLI.
 
 API: a unix stream socket (mode 0600, and the peer must be uid 0, checked with SO_PEERCRED).
 Each request is one JSON line ``{"op": "...", "args": {...}}``; each reply is one JSON line
@@ -22,20 +22,24 @@ import threading
 import time
 
 from .config import HostConfig
-from .engine import Engine
 from .errors import DocklineError
 from .netlink import netns
+from .services import Services
 
 log = logging.getLogger("dockline.agent")
 
-#: op name -> Engine method. Only these are reachable over the socket.
+#: op name -> (service, method). Only these are reachable over the socket.
 OPS = {
-    "info": "info", "network_create": "network_create", "network_ls": "network_ls",
-    "network_inspect": "network_inspect", "network_rm": "network_rm", "connect": "connect",
-    "disconnect": "disconnect", "endpoint_create": "endpoint_create", "endpoint_rm": "endpoint_rm",
-    "ps": "ps", "inspect": "inspect", "port": "port", "exec_info": "exec_info", "reset": "reset",
-    "reconcile": "start", "stats": "stats", "nat_iptables": "nat_iptables", "nat_import": "nat_import",
-    "nat_save": "nat_save", "conntrack": "conntrack", "conntrack_gc": "conntrack_gc",
+    "info": ("system", "info"), "reconcile": ("system", "start"), "reset": ("system", "reset"),
+    "stats": ("system", "stats"),
+    "network_create": ("networks", "create"), "network_ls": ("networks", "ls"),
+    "network_inspect": ("networks", "inspect"), "network_rm": ("networks", "rm"),
+    "endpoint_create": ("endpoints", "create"), "endpoint_rm": ("endpoints", "rm"),
+    "connect": ("endpoints", "connect"), "disconnect": ("endpoints", "disconnect"),
+    "ps": ("endpoints", "ps"), "inspect": ("endpoints", "inspect"), "port": ("endpoints", "port"),
+    "exec_info": ("endpoints", "exec_info"),
+    "nat_iptables": ("nat", "iptables"), "nat_import": ("nat", "import_"), "nat_save": ("nat", "save"),
+    "conntrack": ("nat", "conntrack"), "conntrack_gc": ("nat", "gc"),
 }
 
 
@@ -49,8 +53,8 @@ class _Handler(socketserver.StreamRequestHandler):
         for line in self.rfile:
             try:
                 req = json.loads(line)
-                op = req["op"]
-                method = getattr(self.server.engine, OPS[op])
+                service, name = OPS[req["op"]]
+                method = getattr(getattr(self.server.services, service), name)
                 result = method(**req.get("args", {}))
                 reply = {"ok": result}
             except DocklineError as e:
@@ -70,7 +74,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
-    engine: Engine
+    services: Services
 
 
 def _take_lock(host: HostConfig):
@@ -85,13 +89,13 @@ def _take_lock(host: HostConfig):
     return fd
 
 
-def _start_ct_gc(engine, interval: float):
+def _start_ct_gc(services: Services, interval: float):
     """Conntrack GC every ``interval`` seconds (the datapath never deletes entries itself)."""
     def loop():
         while True:
             time.sleep(interval)
             try:
-                engine.conntrack_gc()
+                services.nat.gc()
             except Exception:   # keep collecting; the next run may succeed
                 log.exception("conntrack GC failed")
     threading.Thread(target=loop, name="ct-gc", daemon=True).start()
@@ -123,18 +127,19 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
         netns.setns_current_thread(netns.netns_path(host.host_netns))
     lock_fd = _take_lock(host)
     from .dns import EmbeddedDNS
-    engine = Engine(host)
-    engine.dns = EmbeddedDNS(engine.dns_lookup, host.dns_upstreams, reverse=engine.dns_reverse,
-                             can_forward=engine.dns_can_forward)
-    engine.dns.start()
-    report = engine.start()
+    services = Services(host)
+    dns = EmbeddedDNS(services.names.lookup, host.dns_upstreams, reverse=services.names.reverse,
+                      can_forward=services.names.can_forward)
+    services.set_dns(dns)
+    dns.start()
+    report = services.system.start()
     if host.metrics_addr:
         from .metrics import serve
-        serve(engine, host.metrics_addr)
+        serve(services, host.metrics_addr)
     log.info("agent for host %s up (datapath %s, %d networks, %d endpoints)", host.name,
-             engine.datapath.name, report["networks"], report["endpoints"])
-    if hasattr(engine.datapath, "gc_conntrack") and host.ct_gc_interval > 0:
-        _start_ct_gc(engine, host.ct_gc_interval)
+             services.datapath.name, report["networks"], report["endpoints"])
+    if services.datapath.nat_rules_supported and host.ct_gc_interval > 0:
+        _start_ct_gc(services, host.ct_gc_interval)
 
     os.makedirs(os.path.dirname(host.socket_path), mode=0o755, exist_ok=True)
     if os.path.exists(host.socket_path):
@@ -145,7 +150,7 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
     finally:
         os.umask(old_umask)
     os.chmod(host.socket_path, 0o600)
-    server.engine = engine
+    server.services = services
 
     def stop(signum, _frame):
         log.info("signal %d: stopping the agent; the data plane stays up", signum)
@@ -165,6 +170,6 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
             os.unlink(host.socket_path)
         except FileNotFoundError:
             pass
-        engine.dns.stop()
+        dns.stop()
         os.close(lock_fd)
     return 0

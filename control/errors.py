@@ -27,6 +27,12 @@ class InvalidArgument(DocklineError):
     kind = "invalid"
 
 
+class NotSupported(InvalidArgument):
+    """The request needs an ability this host's datapath does not have (the message names it)."""
+
+    kind = "not_supported"
+
+
 class NotFound(DocklineError):
     """A named network or endpoint does not exist."""
 

@@ -23,12 +23,13 @@ log = logging.getLogger("dockline.metrics")
 
 
 class DatapathCollector:
-    def __init__(self, engine):
-        self.engine = engine
+    """Reads the datapath's counters and the store's counts (never its rows) on each scrape."""
+
+    def __init__(self, services):
+        self.services = services
 
     def collect(self):
-        state = self.engine.state()
-        st = self.engine.datapath.stats(state)
+        st = self.services.system.stats()
         labels = ["verdict", "code", "drop"]
         vp = CounterMetricFamily("dockline_verdict_packets", "Packets per datapath verdict", labels=labels)
         vb = CounterMetricFamily("dockline_verdict_bytes", "Bytes per datapath verdict", labels=labels)
@@ -59,16 +60,15 @@ class DatapathCollector:
                                         value=ct.get(name, 0))
             yield CounterMetricFamily("dockline_conntrack_gc_deleted", "Conntrack entries removed by the GC",
                                       value=ct.get("gc_deleted", 0))
-        for name, n in (("endpoints", len(state.endpoints)), ("networks", len(state.networks)),
-                        ("published_ports", len(state.ports))):
+        for name, n in self.services.system.counts().items():
             yield GaugeMetricFamily(f"dockline_{name}", f"Current number of {name.replace('_', ' ')}", value=n)
 
 
-def serve(engine, addr: str):
+def serve(services, addr: str):
     """Serve /metrics on ``addr`` ("host:port") in the agent's (host) network namespace."""
     from prometheus_client import start_http_server
     host, _, port = addr.rpartition(":")
     registry = CollectorRegistry()
-    registry.register(DatapathCollector(engine))
+    registry.register(DatapathCollector(services))
     start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
     log.info("metrics on http://%s/metrics", addr)

@@ -67,14 +67,42 @@ class DesiredState:
     ports: list[PortMapping] = field(default_factory=list)
     nat_rules: str = ""          # the user's nat table (iptables-save text; `dockline iptables`)
 
+    # Lookups by id go through indexes built on first use (a snapshot of 1,000 endpoints is
+    # asked about one of them many times per operation). The record lists are not changed after
+    # the snapshot is taken; ``nat_rules`` may be.
+    def _index(self) -> dict:
+        idx = self.__dict__.get("_idx")
+        if idx is None:
+            atts: dict[str, list[Attachment]] = {}
+            for a in self.attachments:
+                atts.setdefault(a.endpoint_id, []).append(a)
+            sharers: dict[str, list[Endpoint]] = {}
+            for e in self.endpoints:
+                if e.shares:
+                    sharers.setdefault(e.shares, []).append(e)
+            idx = self.__dict__["_idx"] = {
+                "nets": {n.id: n for n in self.networks}, "eps": {e.id: e for e in self.endpoints},
+                "atts": {k: sorted(v, key=lambda a: a.index) for k, v in atts.items()}, "sharers": sharers}
+        return idx
+
     def network(self, net_id: str) -> Network:
-        return next(n for n in self.networks if n.id == net_id)
+        return self._index()["nets"][net_id]
+
+    def network_by_id(self, net_id: str) -> Network | None:
+        return self._index()["nets"].get(net_id)
 
     def endpoint(self, ep_id: str) -> Endpoint:
-        return next(e for e in self.endpoints if e.id == ep_id)
+        return self._index()["eps"][ep_id]
+
+    def endpoint_by_id(self, ep_id: str) -> Endpoint | None:
+        return self._index()["eps"].get(ep_id)
 
     def attachments_of(self, ep_id: str) -> list[Attachment]:
-        return sorted((a for a in self.attachments if a.endpoint_id == ep_id), key=lambda a: a.index)
+        return list(self._index()["atts"].get(ep_id, ()))
+
+    def sharers_of(self, ep_id: str) -> list[Endpoint]:
+        """The endpoints in ``container:`` mode sharing ``ep_id``'s network namespace."""
+        return list(self._index()["sharers"].get(ep_id, ()))
 
     def port_target(self, pm: PortMapping) -> Attachment | None:
         """The attachment a published port lands on: the endpoint's first non-internal one
@@ -107,6 +135,15 @@ class Datapath(abc.ABC):
     def setup_host(self) -> None:
         """Host-wide prerequisites (forwarding sysctls, base chains)."""
 
+    def validate_network(self, net: Network, networks: list[Network]) -> None:
+        """Refuse (with a one-line DocklineError, changing nothing) a network about to be created
+        that this datapath cannot build next to ``networks``. Bridge networks need nothing."""
+
+    def host_routes(self) -> list:
+        """The host's IPv4 route prefixes (automatic subnets must not overlap them)."""
+        from ..netlink.links import host_routes
+        return host_routes(self.ipr)
+
     @abc.abstractmethod
     def ensure_network(self, net: Network) -> None: ...
 
@@ -136,3 +173,36 @@ class Datapath(abc.ABC):
 
     def info(self) -> dict:
         return {"name": self.name}
+
+    def stats(self, state: DesiredState) -> dict:
+        """Counters of this datapath (verdicts, endpoints, NAT, conntrack: what it has)."""
+        return {"datapath": self.name}
+
+    # ---------------------------------------------------------------- NAT abilities
+    # Declared here for every datapath; one whose NAT engine lacks them says so by name.
+    @property
+    def nat_rules_supported(self) -> bool:
+        """Whether ``dockline iptables -t nat`` / ``nat import`` rules can be applied."""
+        return False
+
+    def _no_nat(self, what: str):
+        from ..errors import NotSupported
+        raise NotSupported(f"{what}: needs the ebpf NAT engine (this agent runs {self.name})")
+
+    def check_nat(self, state: DesiredState) -> None:
+        """Raise if ``state.nat_rules`` cannot be applied, changing nothing."""
+        self._no_nat("nat rules")
+
+    def apply_nat(self, state: DesiredState) -> dict:
+        """Apply ``state.nat_rules`` with the control plane's own chains; returns a summary."""
+        self._no_nat("nat rules")
+
+    def conntrack(self, limit: int = 1000) -> list[dict]:
+        self._no_nat("the conntrack table")
+
+    def gc_conntrack(self) -> dict:
+        self._no_nat("conntrack GC")
+
+    def ct_pressure(self) -> dict:
+        """Conntrack entries, capacity and pressure ({} where there is no table)."""
+        return {}

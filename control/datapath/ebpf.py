@@ -641,8 +641,15 @@ class EbpfDatapath(KernelDatapath):
                         os.close(fd)
 
     # ---------------------------------------------------------------- conntrack
+    @property
+    def nat_rules_supported(self) -> bool:
+        return True
+
     def gc_conntrack(self) -> dict:
         return self.gc.run() if self.gc else {}
+
+    def ct_pressure(self) -> dict:
+        return self.gc.pressure() if self.gc else {}
 
     def conntrack(self, limit: int = 1000) -> list[dict]:
         return self.gc.entries(limit) if self.gc else []

@@ -30,8 +30,14 @@ def _fail(obj: str, what: str, e: Exception) -> DatapathError:
 
 
 def link_index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    """The ifindex of ``name`` in ``ipr``'s netns, or None. One RTM_GETLINK by name: the kernel
+    looks it up (pyroute2's ``link_lookup`` dumps every link, O(links) with 1,000 endpoints)."""
+    try:
+        return ipr.link("get", ifname=name)[0]["index"]
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
 
 
 def link_kind(ipr: IPRoute, index: int) -> str | None:
