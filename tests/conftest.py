@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -13,6 +14,32 @@ from dockline.bench.simhost import SimHost
 #: Backends the end-to-end tests run on, with identical expectations (design.md §2: the kernel
 #: backend is the reference model). Later backends join this list.
 DATAPATHS = ["kernel", "ebpf"]
+
+
+#: the compile cache directory this session made (removed at its end); None if it used the caller's
+_session_bpf_cache: str | None = None
+
+
+def pytest_configure(config):
+    """One compile cache (control/datapath/compile_cache.py) for the whole session: every agent a
+    SimHost starts inherits DOCKLINE_BPF_CACHE, so the entry programs are compiled once per set of
+    cflags, not once per host. A DOCKLINE_BPF_CACHE the caller set (a directory, or ``off``) is
+    used as it is and left alone."""
+    global _session_bpf_cache
+    from dockline.control.datapath.compile_cache import CACHE_ENV
+    if CACHE_ENV not in os.environ:
+        _session_bpf_cache = tempfile.mkdtemp(prefix="dockline-bpf-cache-")
+        os.environ[CACHE_ENV] = _session_bpf_cache
+
+
+def pytest_unconfigure(config):
+    global _session_bpf_cache
+    if _session_bpf_cache is not None:
+        from dockline.control.datapath.compile_cache import CACHE_ENV
+        shutil.rmtree(_session_bpf_cache, ignore_errors=True)
+        if os.environ.get(CACHE_ENV) == _session_bpf_cache:
+            del os.environ[CACHE_ENV]
+        _session_bpf_cache = None
 
 
 def pytest_collection_modifyitems(config, items):
