@@ -362,8 +362,16 @@ def _possible_cpus() -> int:
     return n
 
 
+#: the probe program: a TC program calling bpf_redirect_peer (the helper the datapath needs most)
+PROBE_SOURCE = ("#include <uapi/linux/pkt_cls.h>\nint p(struct __sk_buff *s) "
+                "{ return bpf_redirect_peer(s->ifindex, 0); }")
+PROBE_PROGRAMS = {"probe": [("p", "SCHED_CLS", -1)]}
+
+
 def probe() -> tuple[bool, str]:
-    """Can this machine run the eBPF backend? Compiles and loads a trivial TC program."""
+    """Can this machine run the eBPF backend? Loads a trivial TC program: compiled by bcc, or
+    from the compile cache when the same bcc and kernel compiled it before (every agent start
+    probes, and a compile costs about a second)."""
     try:
         import bcc  # noqa: F401
     except ImportError:
@@ -374,11 +382,38 @@ def probe() -> tuple[bool, str]:
         return False, "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
     try:
         ensure_bpffs()
-        from bcc import BPF
-        b = BPF(text="#include <uapi/linux/pkt_cls.h>\nint p(struct __sk_buff *s) "
-                     "{ return bpf_redirect_peer(s->ifindex, 0); }")
-        b.load_func("p", BPF.SCHED_CLS)
-        b.cleanup()
+        how = _load_probe_program()
     except Exception as e:
         return False, f"a TC program with bpf_redirect_peer does not load: {str(e).splitlines()[0]}"
-    return True, "bcc compiles, bpffs is mounted, TC programs with bpf_redirect_peer load"
+    return True, f"{how}, bpffs is mounted, TC programs with bpf_redirect_peer load"
+
+
+def _load_probe_program() -> str:
+    """Load (and unload) the probe program; says whether bcc compiled it or the cache had it."""
+    try:
+        cache = compile_cache.CompileCache.from_env()
+    except Exception:
+        cache = None                  # a bad DOCKLINE_BPF_CACHE is reported by Programs.load
+    key = compile_cache.entry_key(hashlib.sha256(PROBE_SOURCE.encode()).hexdigest()[:16], 0, PROBE_PROGRAMS)
+    if cache:
+        try:
+            fd = cache.load(key, Path("/nonexistent"), ["p"])["p"]     # no maps: no map folder
+        except compile_cache.CacheMiss as e:
+            log.debug("probe program not in the compile cache (%s); compiling", e)
+        else:
+            os.close(fd)
+            return "bcc compiled it before (compile cache)"
+    from bcc import BPF, lib
+    b = BPF(text=PROBE_SOURCE)
+    try:
+        b.load_func("p", BPF.SCHED_CLS)
+        if cache:
+            try:
+                img, _ = compile_cache.capture("p", BPF.SCHED_CLS, -1, b.dump_func(b"p"), {})
+                cache.store(compile_cache.Entry(key, lib.bpf_module_license(b.module).decode(),
+                                                lib.bpf_module_kern_version(b.module), {}, {"p": img}))
+            except (OSError, compile_cache.CacheMiss) as e:
+                log.info("could not cache the probe program in %s: %s", cache.dir, e)
+    finally:
+        b.cleanup()
+    return "bcc compiles"

@@ -284,3 +284,17 @@ def test_a_corrupt_entry_falls_back_to_compiling_and_is_rewritten(bpf_env, sessi
     assert cache.read(key).funcs.keys() == {fn for fns in loader.PROGRAMS.values() for fn, _, _ in fns}
     # and the rewritten entry serves the next host
     assert hosts.load().origin == loader.ORIGIN_CACHE
+
+
+def test_the_probe_program_is_compiled_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    """Every agent start probes; only the first compiles."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv(cc.CACHE_ENV, str(d))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "not a bytes object", DeprecationWarning)
+        first, second = loader.probe(), loader.probe()
+    assert first[0] and first[1].startswith("bcc compiles,"), first
+    assert second[0] and second[1].startswith("bcc compiled it before (compile cache),"), second
+    assert len(list(d.glob("*.json"))) == 1
+    monkeypatch.setenv(cc.CACHE_ENV, "off")
+    assert loader.probe()[1].startswith("bcc compiles,")
