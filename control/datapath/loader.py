@@ -136,9 +136,13 @@ ORIGIN_PINS, ORIGIN_CACHE, ORIGIN_COMPILED = "pins", "cache", "compiled"
 class Programs:
     """Compiled-or-adopted programs of one host."""
 
-    def __init__(self, bpf_dir: str, cflags: list[str] | None = None):
+    def __init__(self, bpf_dir: str, cflags: list[str] | None = None, *, read_cache: bool = True):
+        """``read_cache=False`` compiles even when the compile cache has the programs (for callers
+        that need bcc's objects, like the program tests' table types); the compile still fills
+        the cache, and pins of the current digest are still adopted."""
         self.root = Path(bpf_dir) / f"v{LAYOUT_VERSION}"
         self.cflags = list(cflags or [])
+        self.read_cache = read_cache
         self.digest = ""
         self.progs: dict[str, LoadedProgram] = {}
         self.compiled = False
@@ -171,7 +175,7 @@ class Programs:
         cache = compile_cache.CompileCache.from_env()
         key = self.cache_key() if cache else ""
         pin_dir.mkdir(parents=True, exist_ok=True)
-        if cache and self._load_from_cache(cache, key, pin_dir, wanted):
+        if cache and self.read_cache and self._load_from_cache(cache, key, pin_dir, wanted):
             return self
         self._compile(pin_dir, cache, key)
         return self

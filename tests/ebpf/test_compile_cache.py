@@ -217,6 +217,12 @@ def _flip_a_byte(payload):
     f["insns"] = base64.b64encode(bytes(raw)).decode()
 
 
+def _exit_without_r0(payload):
+    """A program the verifier refuses (R0 is never set), with no map slots."""
+    f = payload["funcs"]["tc_from_endpoint"]
+    f["insns"], f["slots"] = base64.b64encode(cc.INSN.pack(0x95, 0, 0, 0)).decode(), []
+
+
 def _misplace_a_slot(payload):
     slots = payload["funcs"]["tc_from_endpoint"]["slots"]
     slots[0][0] += 1
@@ -228,7 +234,8 @@ def _misplace_a_slot(payload):
     (lambda c, k: _rewrite(c, k, _misplace_a_slot, fix_checksum=True), "map slots do not match"),
     (lambda c, k: _rewrite(c, k, lambda p: p["funcs"].pop("xdp_uplink"), fix_checksum=True), "lacks xdp_uplink"),
     (lambda c, k: c.path(k).write_text("[]"), "corrupt"),
-], ids=["truncated", "bit-flip", "bad-slot", "missing-function", "not-an-entry"])
+    (lambda c, k: _rewrite(c, k, _exit_without_r0, fix_checksum=True), "the kernel refused cached tc_from_endpoint"),
+], ids=["truncated", "bit-flip", "bad-slot", "missing-function", "not-an-entry", "verifier-refuses"])
 def test_a_damaged_entry_misses_and_leaves_no_program(bpf_env, session_cache, tmp_path, hosts, damage, reason):
     key = bpf_env.programs.cache_key()
     cache = _private_copy(session_cache, key, tmp_path)
