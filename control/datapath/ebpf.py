@@ -686,6 +686,8 @@ class EbpfDatapath(KernelDatapath):
         p = self.programs
         return {"name": self.name, "rules": "TC clsact programs, eBPF NAT (iptables: filter only)",
                 "programs_digest": p.digest if p else "", "compiled_this_start": bool(p and p.compiled),
+                # "pins" (adopted, a restart), "cache" (compile cache) or "compiled" (bcc ran)
+                "programs_origin": p.origin if p else "",
                 "pins": str(p.root) if p else "", "uplink_xdp": self.uplink_xdp or "off",
                 "xdp": {"attached": dict(self.xdp_attached), "tc_only": dict(self.xdp_declined)},
                 "uplinks": self.uplinks, "nat": self.last_nat_apply,

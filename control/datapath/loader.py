@@ -11,6 +11,10 @@ Contract:
   * bcc rewrites map calls (``m.lookup(&k)``) only in the text it is handed, not in included
     files, so ``spliced_source`` inlines every ``#include "lib/..."`` (each file once, include
     guards kept) before compiling: shared code with map access can live in ebpf/lib/*.h.
+  * A new pin folder first tries the compile cache (compile_cache.py, DOCKLINE_BPF_CACHE): what
+    bcc compiled for another folder with the same sources and cflags, loaded against this
+    folder's own maps without clang. A miss compiles and fills the cache. ``origin`` says which
+    of the three happened: "pins", "cache" or "compiled".
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatapathError
+from . import compile_cache
 from .bpf_structs import LAYOUT_VERSION
 
 log = logging.getLogger("dockline.loader")
@@ -121,22 +126,38 @@ def obj_get(path: str) -> int:
 class LoadedProgram:
     name: str
     fd: int
-    compiled: bool   # False when reopened from a pin
+    compiled: bool   # False when reopened from a pin or loaded from the compile cache
+
+
+#: Programs.origin values
+ORIGIN_PINS, ORIGIN_CACHE, ORIGIN_COMPILED = "pins", "cache", "compiled"
 
 
 class Programs:
     """Compiled-or-adopted programs of one host."""
 
-    def __init__(self, bpf_dir: str, cflags: list[str] | None = None):
+    def __init__(self, bpf_dir: str, cflags: list[str] | None = None, *, read_cache: bool = True):
+        """``read_cache=False`` compiles even when the compile cache has the programs (for callers
+        that need bcc's objects, like the program tests' table types); the compile still fills
+        the cache, and pins of the current digest are still adopted."""
         self.root = Path(bpf_dir) / f"v{LAYOUT_VERSION}"
         self.cflags = list(cflags or [])
+        self.read_cache = read_cache
         self.digest = ""
         self.progs: dict[str, LoadedProgram] = {}
         self.compiled = False
+        self.origin = ""            # ORIGIN_*: how this load got its programs
         self._bpf_objects = []
 
     def all_cflags(self) -> list[str]:
-        return [f'-DPIN_DIR="{self.root}"', f"-I{EBPF_DIR}"] + self.cflags
+        return [f'-DPIN_DIR="{self.root}"'] + self.shared_cflags()
+
+    def shared_cflags(self) -> list[str]:
+        """The cflags other than PIN_DIR: what every host with these sources compiles alike."""
+        return [f"-I{EBPF_DIR}"] + self.cflags
+
+    def cache_key(self) -> str:
+        return compile_cache.entry_key(source_digest(self.shared_cflags()), LAYOUT_VERSION, PROGRAMS)
 
     def load(self) -> "Programs":
         ensure_bpffs()
@@ -148,31 +169,80 @@ class Programs:
             for fn in wanted:
                 self.progs[fn] = LoadedProgram(fn, obj_get(str(pin_dir / fn)), compiled=False)
             self._fill_tail_calls()
+            self.origin = ORIGIN_PINS
             log.info("BPF programs adopted from %s (sources unchanged, nothing compiled)", pin_dir)
             return self
-        from bcc import BPF
+        cache = compile_cache.CompileCache.from_env()
+        key = self.cache_key() if cache else ""
         pin_dir.mkdir(parents=True, exist_ok=True)
+        if cache and self.read_cache and self._load_from_cache(cache, key, pin_dir, wanted):
+            return self
+        self._compile(pin_dir, cache, key)
+        return self
+
+    def _load_from_cache(self, cache, key: str, pin_dir: Path, wanted: list[str]) -> bool:
+        """Load and pin every program from the cache entry ``key``; False (logged, nothing
+        loaded kept) on a miss."""
+        try:
+            fds = cache.load(key, self.root, wanted)
+        except compile_cache.CacheMiss as e:
+            log.info("BPF compile cache %s: %s; compiling", cache.dir, e)
+            return False
+        try:
+            for fn in wanted:
+                _pin(fds[fn], pin_dir / fn, fn)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
+        self.progs = {fn: LoadedProgram(fn, fds[fn], compiled=False) for fn in wanted}
+        self._fill_tail_calls()
+        self.origin = ORIGIN_CACHE
+        log.info("BPF programs loaded from the compile cache (%s, nothing compiled) and pinned at %s",
+                 cache.path(key), pin_dir)
+        return True
+
+    def _compile(self, pin_dir: Path, cache, key: str) -> None:
+        from bcc import BPF, lib
+        images, maps, license_, kern_version, why_not = {}, {}, "", 0, ""
         for src, fns in PROGRAMS.items():
             try:
                 b = BPF(text=spliced_source(EBPF_DIR / src).encode(), cflags=self.all_cflags())
             except Exception as e:
                 raise DatapathError(f"compiling {src} failed: {e}") from None
             self._bpf_objects.append(b)
+            by_id = compile_cache.pinned_maps_by_id(self.root) if cache and not why_not else {}
             for fn, kind, attach in fns:
                 try:
                     f = b.load_func(fn, getattr(BPF, kind), attach_type=attach)
                 except Exception as e:
                     raise DatapathError(f"loading {fn} ({src}) failed: {str(e).splitlines()[0]}") from None
-                target = pin_dir / fn
-                if target.exists():
-                    target.unlink()
-                if _lib().bpf_obj_pin(f.fd, str(target).encode()) != 0:
-                    raise DatapathError(f"pinning {fn} at {target} failed")
+                _pin(f.fd, pin_dir / fn, fn)
                 self.progs[fn] = LoadedProgram(fn, f.fd, compiled=True)
+                if cache and not why_not:
+                    try:
+                        img, used = compile_cache.capture(fn, getattr(BPF, kind), attach,
+                                                          b.dump_func(fn.encode()), by_id)
+                    except compile_cache.CacheMiss as e:
+                        why_not = str(e)
+                        continue
+                    images[fn] = img
+                    maps.update(used)
+                    license_ = lib.bpf_module_license(b.module).decode()
+                    kern_version = lib.bpf_module_kern_version(b.module)
         self.compiled = True
+        self.origin = ORIGIN_COMPILED
         self._fill_tail_calls()
-        log.info("BPF programs compiled and pinned at %s", pin_dir)
-        return self
+        stored = ""
+        if cache and why_not:
+            stored = f"; not cached: {why_not}"
+        elif cache:
+            try:
+                path = cache.store(compile_cache.Entry(key, license_, kern_version, maps, images))
+                stored = f"; cached as {path}"
+            except (OSError, compile_cache.CacheMiss) as e:
+                stored = f"; could not write the compile cache {cache.dir}: {e}"
+        log.info("BPF programs compiled and pinned at %s%s", pin_dir, stored)
 
     def _fill_tail_calls(self):
         """Point nat_tail's and nat_tail_xdp's slots at this digest's stages (idempotent; the
@@ -194,6 +264,14 @@ class Programs:
                 shutil.rmtree(d, ignore_errors=True)
                 gone.append(d.name)
         return gone
+
+
+def _pin(fd: int, target: Path, what: str) -> None:
+    """Pin ``fd`` at ``target``, replacing what is pinned there."""
+    if target.exists():
+        target.unlink()
+    if _lib().bpf_obj_pin(fd, str(target).encode()) != 0:
+        raise DatapathError(f"pinning {what} at {target} failed")
 
 
 class PinnedMap:
@@ -288,8 +366,16 @@ def _possible_cpus() -> int:
     return n
 
 
+#: the probe program: a TC program calling bpf_redirect_peer (the helper the datapath needs most)
+PROBE_SOURCE = ("#include <uapi/linux/pkt_cls.h>\nint p(struct __sk_buff *s) "
+                "{ return bpf_redirect_peer(s->ifindex, 0); }")
+PROBE_PROGRAMS = {"probe": [("p", "SCHED_CLS", -1)]}
+
+
 def probe() -> tuple[bool, str]:
-    """Can this machine run the eBPF backend? Compiles and loads a trivial TC program."""
+    """Can this machine run the eBPF backend? Loads a trivial TC program: compiled by bcc, or
+    from the compile cache when the same bcc and kernel compiled it before (every agent start
+    probes, and a compile costs about a second)."""
     try:
         import bcc  # noqa: F401
     except ImportError:
@@ -300,11 +386,38 @@ def probe() -> tuple[bool, str]:
         return False, "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
     try:
         ensure_bpffs()
-        from bcc import BPF
-        b = BPF(text="#include <uapi/linux/pkt_cls.h>\nint p(struct __sk_buff *s) "
-                     "{ return bpf_redirect_peer(s->ifindex, 0); }")
-        b.load_func("p", BPF.SCHED_CLS)
-        b.cleanup()
+        how = _load_probe_program()
     except Exception as e:
         return False, f"a TC program with bpf_redirect_peer does not load: {str(e).splitlines()[0]}"
-    return True, "bcc compiles, bpffs is mounted, TC programs with bpf_redirect_peer load"
+    return True, f"{how}, bpffs is mounted, TC programs with bpf_redirect_peer load"
+
+
+def _load_probe_program() -> str:
+    """Load (and unload) the probe program; says whether bcc compiled it or the cache had it."""
+    try:
+        cache = compile_cache.CompileCache.from_env()
+    except Exception:
+        cache = None                  # a bad DOCKLINE_BPF_CACHE is reported by Programs.load
+    key = compile_cache.entry_key(hashlib.sha256(PROBE_SOURCE.encode()).hexdigest()[:16], 0, PROBE_PROGRAMS)
+    if cache:
+        try:
+            fd = cache.load(key, Path("/nonexistent"), ["p"])["p"]     # no maps: no map folder
+        except compile_cache.CacheMiss as e:
+            log.debug("probe program not in the compile cache (%s); compiling", e)
+        else:
+            os.close(fd)
+            return "bcc compiled it before (compile cache)"
+    from bcc import BPF, lib
+    b = BPF(text=PROBE_SOURCE)
+    try:
+        b.load_func("p", BPF.SCHED_CLS)
+        if cache:
+            try:
+                img, _ = compile_cache.capture("p", BPF.SCHED_CLS, -1, b.dump_func(b"p"), {})
+                cache.store(compile_cache.Entry(key, lib.bpf_module_license(b.module).decode(),
+                                                lib.bpf_module_kern_version(b.module), {}, {"p": img}))
+            except (OSError, compile_cache.CacheMiss) as e:
+                log.info("could not cache the probe program in %s: %s", cache.dir, e)
+    finally:
+        b.cleanup()
+    return "bcc compiles"

@@ -98,7 +98,8 @@ def bpf_env():
     try:
         with warnings.catch_warnings():   # bcc 0.26 warns on every str argument the loader passes
             warnings.filterwarnings("ignore", "not a bytes object", DeprecationWarning)
-            programs = loader.Programs(str(folder)).load()
+            # compiled even when the compile cache has them: bcc_table needs bcc's objects
+            programs = loader.Programs(str(folder), read_cache=False).load()
         assert programs.compiled, "a fresh pin folder must compile, not adopt"
         maps = harness.Maps(str(programs.root))
         yield BpfEnv(folder, programs.root, programs, maps,

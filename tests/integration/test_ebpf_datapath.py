@@ -99,7 +99,9 @@ def test_restart_adopts_pinned_programs_without_compiling(host, three):
         host.start_agent()
         info = host.call("info")["datapath"]
         assert info["programs_digest"] == digest and info["compiled_this_start"] is False
+        assert info["programs_origin"] == "pins"
     log = host.agent_log.read_text()
-    assert log.count("BPF programs compiled and pinned") == 1          # the first start only
+    # the first start only: compiled, or loaded from the session's compile cache
+    assert log.count("BPF programs compiled and pinned") + log.count("BPF programs loaded from the compile cache") == 1
     assert log.count("BPF programs adopted") == 2
     assert ping(host.ep_ns("a"), three["b"]["ip"])
