@@ -1,0 +1,349 @@
+"""The domain store (networks, endpoints, attachments, IPAM leases, published ports, metadata) on
+top of any revisioned ``KV`` backend.
+
+``with store.transaction() as tx:`` reads through to the backend (remembering the revision of
+every key and key range it read) and buffers every write; leaving the block commits them as ONE
+compare-and-swap txn whose compares are those reads, so it commits as a whole or not at all. On
+the local backends the block also holds ``kv.exclusive()``, so the compares always hold; on a
+shared backend (etcd) a lost race raises ``TxnConflict`` and ``Store.run`` re-runs the function.
+
+Key layout, relative to the store's scope (``hosts/<host>/``); all text, ids and names never
+contain "/" (the parsers of ``model`` refuse it):
+
+    seq                                   creation counter (orders the lists like the old rowids)
+    networks/<id>                         "<seq> <Network JSON>"
+    names/networks/<name>                 "<id>"          (unique names)
+    endpoints/<id>                        "<seq> <Endpoint JSON>"
+    names/endpoints/<name>                "<id>"
+    attachments/<endpoint_id>/<net_id>    "<Attachment JSON>"
+    leases/<net_id>/<ip>                  "<owner>"
+    ports/<proto>/<host_port:05d>/<ip>    "<seq> <endpoint_id> <container_port>"   (the record; a
+                                          key range is the (proto, host_port) index)
+    endpoint-ports/<ep_id>/<seq:012d>     "<proto> <host_ip> <host_port> <container_port>" (the
+                                          by-endpoint index, written in the same txn)
+    meta/<key>                            "<value>"
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+
+from ..errors import Conflict
+from ..model import Attachment, Endpoint, Network, PortMapping
+from .base import KV, Compare, Delete, Put, Scoped, TxnConflict, host_scope, prefix_end
+
+SCHEMA_VERSION = 2   # the key layout above; 1 was the table layout of the old SQLite store
+
+
+def _port_key(proto, host_port, host_ip):
+    return f"ports/{proto}/{host_port:05d}/{host_ip}"
+
+
+def _dump(rec) -> str:
+    return json.dumps(rec.to_dict(), sort_keys=True)
+
+
+def _seq_and_record(value: str, cls):
+    seq, _, data = value.partition(" ")
+    return int(seq), cls(**json.loads(data))
+
+
+class Transaction:
+    """The operations a store offers inside one atomic transaction (see the module docstring)."""
+
+    def __init__(self, kv: KV):
+        self._kv = kv
+        self._writes: dict[str, str | None] = {}     # key -> new value, None = delete
+        self._sorted_writes: list[str] | None = []   # sorted keys of _writes, rebuilt on demand
+        self._reads: dict[str, int] = {}             # key -> mod_revision read (0: absent)
+        self._ranges: list[tuple[str, str, int]] = []  # (start, end, revision) of range reads
+        self._seq: int | None = None
+
+    # ------------------------------------------------------------------ buffered key access
+    def _get(self, key: str) -> str | None:
+        if key in self._writes:
+            return self._writes[key]
+        kv = self._kv.get(key)
+        self._reads.setdefault(key, kv.mod_revision if kv else 0)
+        return kv.value if kv else None
+
+    def _put(self, key: str, value: str | None) -> None:
+        if key not in self._writes:
+            self._sorted_writes = None
+        self._writes[key] = value
+
+    def _delete(self, key: str) -> None:
+        self._put(key, None)
+
+    def _writes_in(self, start: str, end: str) -> list[str]:
+        if self._sorted_writes is None:
+            self._sorted_writes = sorted(self._writes)
+        keys = self._sorted_writes
+        return keys[bisect.bisect_left(keys, start):bisect.bisect_left(keys, end)]
+
+    def _range(self, start: str, end: str) -> list[tuple[str, str]]:
+        """``(key, value)`` of every key in ``[start, end)`` as this transaction sees it, by key."""
+        kvs, _, rev = self._kv.range(start, end)
+        self._ranges.append((start, end, rev))
+        pending = self._writes_in(start, end) if self._writes else ()
+        if not pending:
+            return [(kv[0], kv[1]) for kv in kvs]
+        merged = {kv[0]: kv[1] for kv in kvs}
+        for k in pending:
+            v = self._writes[k]
+            if v is None:
+                merged.pop(k, None)
+            else:
+                merged[k] = v
+        return sorted(merged.items())
+
+    def _prefix(self, prefix: str) -> list[tuple[str, str]]:
+        return self._range(prefix, prefix_end(prefix))
+
+    def _count(self, prefix: str) -> int:
+        end = prefix_end(prefix)
+        if self._writes and self._writes_in(prefix, end):
+            return len(self._range(prefix, end))
+        _, count, rev = self._kv.range(prefix, end, count_only=True)
+        self._ranges.append((prefix, end, rev))
+        return count
+
+    def _next_seq(self) -> int:
+        if self._seq is None:
+            self._seq = int(self._get("seq") or 0)
+        self._seq += 1
+        self._put("seq", str(self._seq))
+        return self._seq
+
+    def commit(self) -> int | None:
+        """Write everything as one CAS txn; returns its revision (None when nothing was written).
+        Raises TxnConflict if a key or key range read here changed meanwhile."""
+        if not self._writes:
+            return None
+        compares = [Compare(k, "mod", "==", rev) for k, rev in self._reads.items()]
+        compares += [Compare(s, "mod", "<", rev + 1, range_end=e) for s, e, rev in self._ranges]
+        ops = [Delete(k) if v is None else Put(k, v) for k, v in self._writes.items()]
+        result = self._kv.txn(compares, ops)
+        if not result.succeeded:
+            raise TxnConflict("the store changed while the transaction ran; re-read and retry")
+        self._writes = {}
+        return result.revision
+
+    # ------------------------------------------------------------------ networks
+    def put_network(self, net: Network) -> None:
+        self._put_named("networks", net, f"network with name {net.name} already exists")
+
+    def delete_network(self, net_id: str) -> None:
+        for k, _ in self._prefix(f"leases/{net_id}/"):
+            self._delete(k)
+        self._delete_named("networks", net_id)
+
+    def networks(self) -> list[Network]:
+        return self._named_list("networks", Network)
+
+    # ------------------------------------------------------------------ endpoints
+    def put_endpoint(self, ep: Endpoint) -> None:
+        self._put_named("endpoints", ep, f"the endpoint name {ep.name} is already in use")
+
+    def delete_endpoint(self, ep_id: str) -> None:
+        self.delete_ports(ep_id)
+        for k, _ in self._prefix(f"attachments/{ep_id}/"):
+            self._delete(k)
+        for k, owner in self._prefix("leases/"):
+            if owner == ep_id:
+                self._delete(k)
+        self._delete_named("endpoints", ep_id)
+
+    def endpoints(self) -> list[Endpoint]:
+        return self._named_list("endpoints", Endpoint)
+
+    # records with a unique name: the record and its name index change together
+    def _put_named(self, kind, rec, conflict_message):
+        key = f"{kind}/{rec.id}"
+        holder = self._get(f"names/{kind}/{rec.name}")
+        if holder is not None and holder != rec.id:
+            raise Conflict(conflict_message)
+        old = self._get(key)
+        if old is None:
+            seq = self._next_seq()
+        else:
+            seq, old_data = old.split(" ", 1)
+            old_name = json.loads(old_data)["name"]
+            if old_name != rec.name:
+                self._delete(f"names/{kind}/{old_name}")
+        self._put(key, f"{seq} {_dump(rec)}")
+        self._put(f"names/{kind}/{rec.name}", rec.id)
+
+    def _delete_named(self, kind, rec_id):
+        old = self._get(f"{kind}/{rec_id}")
+        if old is not None:
+            self._delete(f"names/{kind}/{json.loads(old.split(' ', 1)[1])['name']}")
+            self._delete(f"{kind}/{rec_id}")
+
+    def _named_list(self, kind, cls):
+        recs = [_seq_and_record(v, cls) for _, v in self._prefix(f"{kind}/")]
+        recs.sort(key=lambda sr: sr[0])
+        return [r for _, r in recs]
+
+    # ------------------------------------------------------------------ attachments
+    def put_attachment(self, att: Attachment) -> None:
+        self._put(f"attachments/{att.endpoint_id}/{att.network_id}", _dump(att))
+
+    def delete_attachment(self, ep_id: str, net_id: str) -> None:
+        self._delete(f"attachments/{ep_id}/{net_id}")
+
+    def attachments(self, ep_id: str | None = None, net_id: str | None = None) -> list[Attachment]:
+        if ep_id is not None and net_id is not None:
+            v = self._get(f"attachments/{ep_id}/{net_id}")
+            rows = [v] if v is not None else []
+        else:
+            rows = [v for k, v in self._prefix(f"attachments/{ep_id}/" if ep_id is not None else "attachments/")
+                    if net_id is None or k.rsplit("/", 1)[1] == net_id]
+        atts = [Attachment(**json.loads(v)) for v in rows]
+        return sorted(atts, key=lambda a: (a.endpoint_id, a.index))
+
+    # ------------------------------------------------------------------ IPAM leases
+    def lease(self, net_id: str, ip: str, owner: str) -> None:
+        """Record ``ip`` as taken by ``owner``; raise Conflict if someone holds it."""
+        key = f"leases/{net_id}/{ip}"
+        holder = self._get(key)
+        if holder is not None:
+            if holder == owner:
+                return
+            raise Conflict(f"address {ip} is already in use")
+        self._put(key, owner)
+
+    def release(self, net_id: str, ip: str) -> None:
+        self._delete(f"leases/{net_id}/{ip}")
+
+    def leases(self, net_id: str | None = None) -> list[tuple[str, str, str]]:
+        """[(network_id, ip, owner), ...]"""
+        out = []
+        for k, owner in self._prefix(f"leases/{net_id}/" if net_id is not None else "leases/"):
+            net, ip = k[len("leases/"):].split("/", 1)
+            out.append((net, ip, owner))
+        return out
+
+    # ------------------------------------------------------------------ port mappings
+    def _put_port_keys(self, ep_id, proto, host_ip, host_port, container_port):
+        seq = self._next_seq()
+        self._put(_port_key(proto, host_port, host_ip), f"{seq} {ep_id} {container_port}")
+        self._put(f"endpoint-ports/{ep_id}/{seq:012d}", f"{proto} {host_ip} {host_port} {container_port}")
+
+    def put_port(self, pm: PortMapping) -> None:
+        """Raise Conflict if the (proto, host_ip, host_port) key is taken."""
+        if self._get(_port_key(pm.proto, pm.host_port, pm.host_ip)) is not None:
+            raise Conflict(f"bind for {pm.host_ip}:{pm.host_port}/{pm.proto} failed: port is already allocated")
+        self._put_port_keys(pm.endpoint_id, pm.proto, pm.host_ip, pm.host_port, pm.container_port)
+
+    def put_ports(self, rows) -> None:
+        """Many mappings at once, as ``(endpoint_id, proto, host_ip, host_port, container_port)``
+        tuples (publishing a range of thousands of ports creates no record objects). The keys
+        already taken are read as one key range per protocol, not one read per port."""
+        rows = list(rows)
+        spans: dict[str, list[int]] = {}
+        for _, proto, _, port, _ in rows:
+            span = spans.setdefault(proto, [port, port])
+            span[0], span[1] = min(span[0], port), max(span[1], port)
+        taken = set()
+        for proto, (lo, hi) in spans.items():
+            taken.update(k for k, _ in self._range(f"ports/{proto}/{lo:05d}/", f"ports/{proto}/{hi + 1:05d}/"))
+        for ep_id, proto, host_ip, port, cport in rows:
+            key = _port_key(proto, port, host_ip)
+            if key in taken:
+                raise Conflict("bind failed: a port in the range is already allocated")
+            taken.add(key)
+            self._put_port_keys(ep_id, proto, host_ip, port, cport)
+
+    def delete_ports(self, ep_id: str) -> None:
+        for k, v in self._prefix(f"endpoint-ports/{ep_id}/"):
+            proto, host_ip, host_port, _ = v.split(" ")
+            self._delete(_port_key(proto, int(host_port), host_ip))
+            self._delete(k)
+
+    def ports(self, ep_id: str | None = None) -> list[PortMapping]:
+        if ep_id:
+            out = []
+            for _, v in self._prefix(f"endpoint-ports/{ep_id}/"):    # by seq: creation order
+                proto, host_ip, host_port, cport = v.split(" ")
+                out.append(PortMapping(ep_id, proto, host_ip, int(host_port), int(cport)))
+            return out
+        rows = []
+        for k, v in self._prefix("ports/"):
+            _, proto, host_port, host_ip = k.split("/", 3)
+            seq, ep, cport = v.split(" ")
+            rows.append((int(seq), ep, proto, host_ip, int(host_port), int(cport)))
+        rows.sort()
+        return [PortMapping(*r[1:]) for r in rows]
+
+    def port_count(self) -> int:
+        return self._count("ports/")
+
+    def host_ports_in(self, proto: str, lo: int, hi: int) -> list[tuple[str, int]]:
+        """``(host_ip, host_port)`` of the ``proto`` mappings with ``lo <= host_port <= hi`` (what a
+        new mapping in that range can collide with), read as one key range."""
+        out = []
+        for k, _ in self._range(f"ports/{proto}/{lo:05d}/", f"ports/{proto}/{hi + 1:05d}/"):
+            _, _, port, host_ip = k.split("/", 3)
+            out.append((host_ip, int(port)))
+        return out
+
+    # ------------------------------------------------------------------ metadata
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        v = self._get(f"meta/{key}")
+        return default if v is None else v
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._put(f"meta/{key}", value)
+
+    # ------------------------------------------------------------------ lookups
+    def network(self, ref: str) -> Network | None:
+        """By exact name, exact id, or unique id prefix (>= 3 chars), like Docker."""
+        return _by_ref(self.networks(), ref)
+
+    def endpoint(self, ref: str) -> Endpoint | None:
+        return _by_ref(self.endpoints(), ref)
+
+
+def _by_ref(items, ref):
+    for it in items:
+        if it.name == ref or it.id == ref:
+            return it
+    if len(ref) >= 3:
+        hits = [it for it in items if it.id.startswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
+
+
+class Store:
+    """The domain store over a revisioned backend, in one scope (a host's, by default "local")."""
+
+    def __init__(self, kv: KV, host: str = "local"):
+        self.kv = kv
+        self.records = Scoped(kv, host_scope(host))
+        with self.transaction() as tx:
+            if tx.get_meta("schema_version") is None:
+                tx.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self.records.exclusive():
+            tx = Transaction(self.records)
+            yield tx
+            tx.commit()
+
+    def run(self, fn, attempts: int = 10):
+        """``fn(tx)`` in a transaction, re-run from scratch when its commit loses a race."""
+        for i in range(attempts):
+            try:
+                with self.transaction() as tx:
+                    return fn(tx)
+            except TxnConflict:
+                if i == attempts - 1:
+                    raise
+
+    def close(self) -> None:
+        self.kv.close()
