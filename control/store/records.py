@@ -19,8 +19,13 @@ contain "/" (the parsers of ``model`` refuse it):
     leases/<net_id>/<ip>                  "<owner>"
     ports/<proto>/<host_port:05d>/<ip>    "<seq> <endpoint_id> <container_port>"   (the record; a
                                           key range is the (proto, host_port) index)
-    endpoint-ports/<ep_id>/<seq:012d>     "<proto> <host_ip> <host_port> <container_port>" (the
-                                          by-endpoint index, written in the same txn)
+    endpoint-ports/<ep_id>/<seq:012d>     lines "<proto> <host_ip> <host_port> <container_port>\n",
+                                          one per mapping of one put_port(s) call, at most
+                                          INDEX_CHUNK lines a key; <seq> is the first mapping's
+                                          (the by-endpoint index, written in the same txn; one
+                                          key per batch, not per port, halves what publishing a
+                                          range writes)
+    counts/ports                          "<number of ports/ keys>" (kept in the same txn)
     meta/<key>                            "<value>"
 """
 
@@ -35,6 +40,7 @@ from ..model import Attachment, Endpoint, Network, PortMapping
 from .base import KV, Compare, Delete, Put, Scoped, TxnConflict, host_scope, prefix_end
 
 SCHEMA_VERSION = 2   # the key layout above; 1 was the table layout of the old SQLite store
+INDEX_CHUNK = 4096   # mappings per by-endpoint index key (~100 KB; etcd's value limit is 1.5 MiB)
 
 
 def _port_key(proto, host_port, host_ip):
@@ -102,20 +108,14 @@ class Transaction:
     def _prefix(self, prefix: str) -> list[tuple[str, str]]:
         return self._range(prefix, prefix_end(prefix))
 
-    def _count(self, prefix: str) -> int:
-        end = prefix_end(prefix)
-        if self._writes and self._writes_in(prefix, end):
-            return len(self._range(prefix, end))
-        _, count, rev = self._kv.range(prefix, end, count_only=True)
-        self._ranges.append((prefix, end, rev))
-        return count
-
-    def _next_seq(self) -> int:
+    def _next_seq(self, n: int = 1) -> int:
+        """The first of ``n`` new creation sequence numbers."""
         if self._seq is None:
             self._seq = int(self._get("seq") or 0)
-        self._seq += 1
+        first = self._seq + 1
+        self._seq += n
         self._put("seq", str(self._seq))
-        return self._seq
+        return first
 
     def commit(self) -> int | None:
         """Write everything as one CAS txn; returns its revision (None when nothing was written).
@@ -227,16 +227,34 @@ class Transaction:
         return out
 
     # ------------------------------------------------------------------ port mappings
-    def _put_port_keys(self, ep_id, proto, host_ip, host_port, container_port):
-        seq = self._next_seq()
-        self._put(_port_key(proto, host_port, host_ip), f"{seq} {ep_id} {container_port}")
-        self._put(f"endpoint-ports/{ep_id}/{seq:012d}", f"{proto} {host_ip} {host_port} {container_port}")
+    def _count_ports(self, delta: int) -> None:
+        if delta:
+            self._put("counts/ports", str(int(self._get("counts/ports") or 0) + delta))
+
+    def _put_port_rows(self, rows) -> None:
+        """Write the records and the by-endpoint index of ``rows`` (already checked free)."""
+        seq = self._next_seq(len(rows))
+        chunks: dict[tuple[str, int], list[str]] = {}     # (endpoint, first seq) -> index lines
+        first_of: dict[str, tuple[int, int]] = {}         # endpoint -> (first seq, lines so far)
+        self._sorted_writes = None
+        writes = self._writes
+        for ep_id, proto, host_ip, port, cport in rows:
+            writes[f"ports/{proto}/{port:05d}/{host_ip}"] = f"{seq} {ep_id} {cport}"
+            start, n = first_of.get(ep_id, (seq, 0))
+            if n == INDEX_CHUNK:
+                start, n = seq, 0
+            first_of[ep_id] = (start, n + 1)
+            chunks.setdefault((ep_id, start), []).append(f"{proto} {host_ip} {port} {cport}\n")
+            seq += 1
+        for (ep_id, start), lines in chunks.items():
+            writes[f"endpoint-ports/{ep_id}/{start:012d}"] = "".join(lines)
+        self._count_ports(len(rows))
 
     def put_port(self, pm: PortMapping) -> None:
         """Raise Conflict if the (proto, host_ip, host_port) key is taken."""
         if self._get(_port_key(pm.proto, pm.host_port, pm.host_ip)) is not None:
             raise Conflict(f"bind for {pm.host_ip}:{pm.host_port}/{pm.proto} failed: port is already allocated")
-        self._put_port_keys(pm.endpoint_id, pm.proto, pm.host_ip, pm.host_port, pm.container_port)
+        self._put_port_rows([(pm.endpoint_id, pm.proto, pm.host_ip, pm.host_port, pm.container_port)])
 
     def put_ports(self, rows) -> None:
         """Many mappings at once, as ``(endpoint_id, proto, host_ip, host_port, container_port)``
@@ -246,30 +264,38 @@ class Transaction:
         spans: dict[str, list[int]] = {}
         for _, proto, _, port, _ in rows:
             span = spans.setdefault(proto, [port, port])
-            span[0], span[1] = min(span[0], port), max(span[1], port)
+            if port < span[0]:
+                span[0] = port
+            elif port > span[1]:
+                span[1] = port
         taken = set()
         for proto, (lo, hi) in spans.items():
             taken.update(k for k, _ in self._range(f"ports/{proto}/{lo:05d}/", f"ports/{proto}/{hi + 1:05d}/"))
-        for ep_id, proto, host_ip, port, cport in rows:
-            key = _port_key(proto, port, host_ip)
+        for _, proto, host_ip, port, _ in rows:
+            key = f"ports/{proto}/{port:05d}/{host_ip}"
             if key in taken:
                 raise Conflict("bind failed: a port in the range is already allocated")
             taken.add(key)
-            self._put_port_keys(ep_id, proto, host_ip, port, cport)
+        self._put_port_rows(rows)
+
+    def _index_lines(self, ep_id: str):
+        """``(index key, [(proto, host_ip, host_port, container_port) as text])`` of ``ep_id``, in
+        creation order."""
+        return [(k, [line.split(" ") for line in v.splitlines()]) for k, v in self._prefix(f"endpoint-ports/{ep_id}/")]
 
     def delete_ports(self, ep_id: str) -> None:
-        for k, v in self._prefix(f"endpoint-ports/{ep_id}/"):
-            proto, host_ip, host_port, _ = v.split(" ")
-            self._delete(_port_key(proto, int(host_port), host_ip))
+        n = 0
+        for k, lines in self._index_lines(ep_id):
+            for proto, host_ip, host_port, _ in lines:
+                self._delete(_port_key(proto, int(host_port), host_ip))
+            n += len(lines)
             self._delete(k)
+        self._count_ports(-n)
 
     def ports(self, ep_id: str | None = None) -> list[PortMapping]:
         if ep_id:
-            out = []
-            for _, v in self._prefix(f"endpoint-ports/{ep_id}/"):    # by seq: creation order
-                proto, host_ip, host_port, cport = v.split(" ")
-                out.append(PortMapping(ep_id, proto, host_ip, int(host_port), int(cport)))
-            return out
+            return [PortMapping(ep_id, proto, host_ip, int(host_port), int(cport))
+                    for _, lines in self._index_lines(ep_id) for proto, host_ip, host_port, cport in lines]
         rows = []
         for k, v in self._prefix("ports/"):
             _, proto, host_port, host_ip = k.split("/", 3)
@@ -279,7 +305,7 @@ class Transaction:
         return [PortMapping(*r[1:]) for r in rows]
 
     def port_count(self) -> int:
-        return self._count("ports/")
+        return int(self._get("counts/ports") or 0)
 
     def host_ports_in(self, proto: str, lo: int, hi: int) -> list[tuple[str, int]]:
         """``(host_ip, host_port)`` of the ``proto`` mappings with ``lo <= host_port <= hi`` (what a

@@ -13,6 +13,7 @@ a later one. ``exclusive()`` widens that transaction to a whole domain transacti
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sqlite3
 import threading
@@ -54,6 +55,14 @@ _UPSERT = ("INSERT INTO kv VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT(key) DO UPDATE 
            "mod_rev=excluded.mod_rev, version=kv.version+1, lease=excluded.lease")
 _COLS = "key, value, create_rev, mod_rev, version, lease"
 _TARGET_COLUMN = {"create": "create_rev", "mod": "mod_rev", "version": "version", "value": "value"}
+
+
+def _op_kind(op) -> str:
+    if type(op) is Put:
+        return "put"
+    if type(op) is Delete:
+        return "delete" if op.range_end is None else "delete-range"
+    raise StoreError(f"unknown txn operation {op!r}")
 
 
 class SQLiteKV(KV):
@@ -189,11 +198,14 @@ class SQLiteKV(KV):
             if self._depth == 0:
                 self.db.execute("BEGIN")      # one snapshot for the rows, the count and the revision
             try:
-                count = self.db.execute(f"SELECT count(*) FROM kv WHERE {where}", args).fetchone()[0]
                 kvs = []
-                if not count_only and count:
+                if count_only or limit:
+                    count = self.db.execute(f"SELECT count(*) FROM kv WHERE {where}", args).fetchone()[0]
+                if not count_only:
                     sql = f"SELECT {_COLS} FROM kv WHERE {where} ORDER BY key" + (f" LIMIT {int(limit)}" if limit else "")
                     kvs = [KeyValue(*r) for r in self.db.execute(sql, args)]
+                    if not limit:
+                        count = len(kvs)
                 rev = self._state()[0]
             finally:
                 if self._depth == 0:
@@ -227,29 +239,21 @@ class SQLiteKV(KV):
         with self._write():
             ok = all(self._holds(c) for c in compares)
             ops = list(success if ok else failure)
-            leases = {op.lease for op in ops if isinstance(op, Put) and op.lease}
+            leases = {op[2] for op in ops if type(op) is Put and op[2]}
             for lid in sorted(leases):
                 self._lease(lid)
             if not ops:
                 return TxnResult(ok, self._state()[0])
             rev, first = self._begin_revision()
-            i = 0
-            while i < len(ops):            # runs of puts go in one executemany
-                j = i
-                while j < len(ops) and isinstance(ops[j], Put):
-                    j += 1
-                if j > i:
-                    self.db.executemany(_UPSERT, ((p.key, p.value, rev, rev, p.lease) for p in ops[i:j]))
-                    i = j
-                    continue
-                op = ops[i]
-                if not isinstance(op, Delete):
-                    raise StoreError(f"unknown txn operation {op!r}")
-                if op.range_end is None:
-                    self.db.execute("DELETE FROM kv WHERE key = ?", (op.key,))
+            # runs of puts and runs of single-key deletes each go in one executemany
+            for kind, run in itertools.groupby(ops, key=_op_kind):
+                if kind == "put":
+                    self.db.executemany(_UPSERT, ((p[0], p[1], rev, rev, p[2]) for p in run))
+                elif kind == "delete":
+                    self.db.executemany("DELETE FROM kv WHERE key = ?", ((d[0],) for d in run))
                 else:
-                    self.db.execute("DELETE FROM kv WHERE key >= ? AND key < ?", (op.key, op.range_end))
-                i += 1
+                    for d in run:
+                        self.db.execute("DELETE FROM kv WHERE key >= ? AND key < ?", (d.key, d.range_end))
             return TxnResult(ok, self._end_revision(rev, first))
 
     # ------------------------------------------------------------------ watch
