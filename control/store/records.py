@@ -231,15 +231,18 @@ class Transaction:
         if delta:
             self._put("counts/ports", str(int(self._get("counts/ports") or 0) + delta))
 
-    def _put_port_rows(self, rows) -> None:
-        """Write the records and the by-endpoint index of ``rows`` (already checked free)."""
+    def _put_port_rows(self, rows, keys=None) -> None:
+        """Write the records and the by-endpoint index of ``rows`` (already checked free;
+        ``keys`` are their record keys when the caller built them already)."""
         seq = self._next_seq(len(rows))
+        if keys is None:
+            keys = [_port_key(proto, port, host_ip) for _, proto, host_ip, port, _ in rows]
         chunks: dict[tuple[str, int], list[str]] = {}     # (endpoint, first seq) -> index lines
         first_of: dict[str, tuple[int, int]] = {}         # endpoint -> (first seq, lines so far)
         self._sorted_writes = None
         writes = self._writes
-        for ep_id, proto, host_ip, port, cport in rows:
-            writes[f"ports/{proto}/{port:05d}/{host_ip}"] = f"{seq} {ep_id} {cport}"
+        for key, (ep_id, proto, host_ip, port, cport) in zip(keys, rows):
+            writes[key] = f"{seq} {ep_id} {cport}"
             start, n = first_of.get(ep_id, (seq, 0))
             if n == INDEX_CHUNK:
                 start, n = seq, 0
@@ -271,12 +274,10 @@ class Transaction:
         taken = set()
         for proto, (lo, hi) in spans.items():
             taken.update(k for k, _ in self._range(f"ports/{proto}/{lo:05d}/", f"ports/{proto}/{hi + 1:05d}/"))
-        for _, proto, host_ip, port, _ in rows:
-            key = f"ports/{proto}/{port:05d}/{host_ip}"
-            if key in taken:
-                raise Conflict("bind failed: a port in the range is already allocated")
-            taken.add(key)
-        self._put_port_rows(rows)
+        keys = [f"ports/{proto}/{port:05d}/{host_ip}" for _, proto, host_ip, port, _ in rows]
+        if not taken.isdisjoint(keys) or len(set(keys)) != len(keys):
+            raise Conflict("bind failed: a port in the range is already allocated")
+        self._put_port_rows(rows, keys)
 
     def _index_lines(self, ep_id: str):
         """``(index key, [(proto, host_ip, host_port, container_port) as text])`` of ``ep_id``, in

@@ -15,7 +15,6 @@ class SQLiteStore(Store):
     def __init__(self, path: str, host: str = "local", clock=None):
         self.path = path
         kv = SQLiteKV(path, clock=clock)
-        self._db = kv.db
         try:
             Store.__init__(self, kv, host)
             migrate_legacy(self, kv.db)
