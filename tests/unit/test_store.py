@@ -267,6 +267,33 @@ def test_delete_endpoint_removes_its_attachments_ports_and_leases(store):
     assert [n.id for n in s["networks"]] == [NET_ID]
 
 
+def test_delete_ports_removes_only_that_endpoints_keys_in_its_span(store):
+    # delete_ports sends a whole key span as one range delete when the span holds only its
+    # ports; a port of another endpoint inside the span, or one put again in the same
+    # transaction, must survive.
+    with store.transaction() as tx:
+        tx.put_endpoint(ep())
+        tx.put_endpoint(ep(EP2_ID, "b"))
+        tx.put_ports((EP_ID, "tcp", "0.0.0.0", 20000 + i, 80) for i in range(1000))
+        tx.put_ports((EP2_ID, "tcp", "0.0.0.0", 30000 + i, 80) for i in range(1000))
+        tx.put_port(port(EP2_ID, host_ip="127.0.0.1", host_port=20500))
+    with store.transaction() as tx:
+        tx.delete_ports(EP_ID)                                   # a foreign key inside the span
+        tx.delete_ports(EP2_ID)
+        tx.put_port(port(EP_ID, host_port=30010, ctr=7))         # re-put inside a deleted span
+        assert tx.ports() == [port(EP_ID, host_port=30010, ctr=7)] and tx.port_count() == 1
+    with store.transaction() as tx:
+        assert tx.ports() == [port(EP_ID, host_port=30010, ctr=7)] and tx.port_count() == 1
+        assert tx.host_ports_in("tcp", 1, 65535) == [("0.0.0.0", 30010)]
+    with store.transaction() as tx:
+        tx.put_ports((EP2_ID, "tcp", "0.0.0.0", 40000 + i, 80) for i in range(500))
+        tx.put_port(port(EP_ID, host_ip="127.0.0.1", host_port=40100))
+    with store.transaction() as tx:
+        tx.delete_ports(EP2_ID)
+    with store.transaction() as tx:
+        assert tx.ports() == [port(EP_ID, host_port=30010, ctr=7), port(EP_ID, host_ip="127.0.0.1", host_port=40100)]
+
+
 def test_delete_network_removes_its_leases(store):
     with store.transaction() as tx:
         tx.put_network(net())
