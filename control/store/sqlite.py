@@ -13,7 +13,6 @@ a later one. ``exclusive()`` widens that transaction to a whole domain transacti
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import sqlite3
 import threading
@@ -57,12 +56,9 @@ _COLS = "key, value, create_rev, mod_rev, version, lease"
 _TARGET_COLUMN = {"create": "create_rev", "mod": "mod_rev", "version": "version", "value": "value"}
 
 
-def _op_kind(op) -> str:
-    if type(op) is Put:
-        return "put"
-    if type(op) is Delete:
-        return "delete" if op.range_end is None else "delete-range"
-    raise StoreError(f"unknown txn operation {op!r}")
+_PUT = _UPSERT
+_DELETE_KEY = "DELETE FROM kv WHERE key = ?"
+_DELETE_RANGE = "DELETE FROM kv WHERE key >= ? AND key < ?"
 
 
 class SQLiteKV(KV):
@@ -238,22 +234,35 @@ class SQLiteKV(KV):
     def txn(self, compares, success, failure=()):
         with self._write():
             ok = all(self._holds(c) for c in compares)
-            ops = list(success if ok else failure)
-            leases = {op[2] for op in ops if type(op) is Put and op[2]}
-            for lid in sorted(leases):
-                self._lease(lid)
+            ops = success if ok else failure
             if not ops:
                 return TxnResult(ok, self._state()[0])
-            rev, first = self._begin_revision()
-            # runs of puts and runs of single-key deletes each go in one executemany
-            for kind, run in itertools.groupby(ops, key=_op_kind):
-                if kind == "put":
-                    self.db.executemany(_UPSERT, ((p[0], p[1], rev, rev, p[2]) for p in run))
-                elif kind == "delete":
-                    self.db.executemany("DELETE FROM kv WHERE key = ?", ((d[0],) for d in run))
+            rev = self._state()[0] + 1
+            # One pass sorts the ops into runs, in order: consecutive puts go in one executemany,
+            # consecutive single-key deletes in another; a range delete is one statement.
+            runs: list[tuple[str, list]] = []
+            leases = set()
+            for op in ops:
+                if type(op) is Put:
+                    kind, row = _PUT, (op[0], op[1], rev, rev, op[2])
+                    if op[2]:
+                        leases.add(op[2])
+                elif type(op) is Delete:
+                    kind, row = (_DELETE_KEY, (op[0],)) if op[1] is None else (_DELETE_RANGE, (op[0], op[1]))
                 else:
-                    for d in run:
-                        self.db.execute("DELETE FROM kv WHERE key >= ? AND key < ?", (d.key, d.range_end))
+                    raise StoreError(f"unknown txn operation {op!r}")
+                if runs and runs[-1][0] is kind and kind is not _DELETE_RANGE:
+                    runs[-1][1].append(row)
+                else:
+                    runs.append((kind, [row]))
+            for lid in sorted(leases):       # every lease exists, or nothing is written
+                self._lease(lid)
+            rev, first = self._begin_revision()
+            for sql, rows in runs:
+                if len(rows) == 1:
+                    self.db.execute(sql, rows[0])
+                else:
+                    self.db.executemany(sql, rows)
             return TxnResult(ok, self._end_revision(rev, first))
 
     # ------------------------------------------------------------------ watch
