@@ -28,6 +28,12 @@ Contract (the same on every backend; ``tests/unit/test_store_contract.py`` check
   another's. On SQLite both live in one file. An etcd backend maps them under one root,
   ``/dockline/hosts/<host>/...`` and ``/dockline/cluster/...``, by giving its client the prefix
   ``/dockline/``.
+
+Notes for the etcd backend: ``Compare`` with ``range_end`` is etcd's Compare.range_end; ``Put``/
+``Delete`` are RequestPut/RequestDeleteRange; ``exclusive()`` stays the no-op default. A domain
+transaction is ONE txn, and publishing 10,000 ports makes it ~10,000 ops and ~1 MB, so the
+server needs ``--max-txn-ops`` (default 128) and ``--max-request-bytes`` (default 1.5 MiB) raised
+accordingly, or the engine must publish big ranges in bounded batches.
 """
 
 from __future__ import annotations
