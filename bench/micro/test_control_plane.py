@@ -35,6 +35,45 @@ def test_store_transaction_lease(benchmark, tmp_path):
     store.close()
 
 
+_EP = "e" * 64
+
+
+def _store_with_endpoint(tmp_path):
+    from dockline.control.model import Endpoint
+    store = SQLiteStore(str(tmp_path / f"s{next(_counter)}.db"))
+    with store.transaction() as tx:
+        tx.put_endpoint(Endpoint(id=_EP, name="e", mode="bridge", netns_path=""))
+    return store
+
+
+def test_store_put_and_delete_10k_ports(benchmark, tmp_path):
+    store = _store_with_endpoint(tmp_path)
+
+    def one():
+        with store.transaction() as tx:
+            assert tx.host_ports_in("tcp", 20000, 29999) == []
+            tx.put_ports((_EP, "tcp", "0.0.0.0", 20000 + i, 80) for i in range(10000))
+        with store.transaction() as tx:
+            tx.delete_ports(_EP)
+
+    benchmark.pedantic(one, rounds=5, iterations=1)
+    store.close()
+
+
+def test_store_reads_next_to_10k_ports(benchmark, tmp_path):
+    store = _store_with_endpoint(tmp_path)
+    with store.transaction() as tx:
+        tx.put_ports((_EP, "tcp", "0.0.0.0", 20000 + i, 80) for i in range(10000))
+
+    def one():
+        with store.transaction() as tx:
+            assert tx.host_ports_in("tcp", 30000, 30000) == [] and tx.port_count() == 10000
+            assert len(tx.ports(_EP)) == 10000
+
+    benchmark(one)
+    store.close()
+
+
 def test_parse_10k_port_range(benchmark):
     out = benchmark(parse_port_spec, "20000-29999:30000-39999/udp")
     assert len(out) == 10000

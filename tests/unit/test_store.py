@@ -1,4 +1,6 @@
-"""Unit tests for SQLiteStore in dockline.control.store: atomicity, conflicts, cascades, lookups, persistence and crash consistency."""
+"""Unit tests for the domain store in dockline.control.store (SQLiteStore, and MemoryStore where no
+file is involved): atomicity, conflicts, cascades, lookups, persistence, migration of the old
+table layout and crash consistency."""
 
 import os
 import selectors
@@ -13,7 +15,7 @@ import pytest
 
 from dockline.control.errors import Conflict
 from dockline.control.model import Attachment, Endpoint, Network, PortMapping
-from dockline.control.store import SCHEMA_VERSION, SQLiteStore
+from dockline.control.store import SCHEMA_VERSION, MemoryStore, SQLiteStore
 
 NET_ID = "a1b2c3d4e5f6" + "0" * 52
 NET2_ID = "a1b2ffffffff" + "1" * 52
@@ -45,9 +47,9 @@ def db_path(tmp_path):
     return str(tmp_path / "state" / "store.db")
 
 
-@pytest.fixture
-def store(db_path):
-    s = SQLiteStore(db_path)
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request, db_path):
+    s = SQLiteStore(db_path) if request.param == "sqlite" else MemoryStore()
     yield s
     s.close()
 
@@ -223,14 +225,33 @@ def test_put_ports_in_bulk_and_the_reads_that_avoid_reading_them_all(store):
         assert tx.port_count() == 1002 and tx.host_ports_in("tcp", 50000, 50000) == []
 
 
-def test_port_indexes_exist_and_the_page_cache_is_capped(store):
-    names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"ports_by_endpoint", "ports_by_port"} <= names
-    plan = " ".join(r[-1] for r in store._db.execute(
-        "EXPLAIN QUERY PLAN SELECT host_ip, host_port FROM ports WHERE proto=? AND host_port BETWEEN ? AND ?",
-        ("tcp", 1, 2)))
-    assert "ports_by_port" in plan
-    assert store._db.execute("PRAGMA cache_size").fetchone()[0] == -512
+def test_port_reads_are_key_ranges_and_the_page_cache_is_capped(db_path):
+    store = SQLiteStore(db_path)
+    try:
+        _check_port_reads_are_key_ranges(store)
+    finally:
+        store.close()
+
+
+def _check_port_reads_are_key_ranges(store):
+    # The (proto, host_port) and by-endpoint indexes of the old tables are key ranges now: a range
+    # read is one walk of the kv primary key, never a scan of every key.
+    plan = " ".join(r[-1] for r in store.kv.db.execute(
+        "EXPLAIN QUERY PLAN SELECT key, value FROM kv WHERE key >= ? AND key < ? ORDER BY key", ("a", "b")))
+    assert "SEARCH kv USING PRIMARY KEY" in plan
+    with store.transaction() as tx:
+        tx.put_endpoint(ep())
+        tx.put_ports((EP_ID, "tcp", "0.0.0.0", 20000 + i, 80) for i in range(2000))
+    reads = []
+    real_range = store.kv.range
+    store.kv.range = lambda *a, **kw: reads.append(real_range(*a, **kw)) or reads[-1]
+    try:
+        with store.transaction() as tx:
+            assert tx.host_ports_in("tcp", 21000, 21001) == [("0.0.0.0", 21000), ("0.0.0.0", 21001)]
+    finally:
+        del store.kv.range
+    assert [len(kvs) for kvs, _, _ in reads] == [2]      # the collision check read 2 keys, not 2,000
+    assert store.kv.db.execute("PRAGMA cache_size").fetchone()[0] == -512
 
 
 # ------------------------------------------------------------------------- cascades
@@ -244,6 +265,33 @@ def test_delete_endpoint_removes_its_attachments_ports_and_leases(store):
     assert {p.endpoint_id for p in s["ports"]} == {EP2_ID} and len(s["ports"]) == 2
     assert s["leases"] == sorted([(NET_ID, "10.1.0.1", "gateway"), (NET_ID, "10.1.0.3", EP2_ID)])
     assert [n.id for n in s["networks"]] == [NET_ID]
+
+
+def test_delete_ports_removes_only_that_endpoints_keys_in_its_span(store):
+    # delete_ports sends a whole key span as one range delete when the span holds only its
+    # ports; a port of another endpoint inside the span, or one put again in the same
+    # transaction, must survive.
+    with store.transaction() as tx:
+        tx.put_endpoint(ep())
+        tx.put_endpoint(ep(EP2_ID, "b"))
+        tx.put_ports((EP_ID, "tcp", "0.0.0.0", 20000 + i, 80) for i in range(1000))
+        tx.put_ports((EP2_ID, "tcp", "0.0.0.0", 30000 + i, 80) for i in range(1000))
+        tx.put_port(port(EP2_ID, host_ip="127.0.0.1", host_port=20500))
+    with store.transaction() as tx:
+        tx.delete_ports(EP_ID)                                   # a foreign key inside the span
+        tx.delete_ports(EP2_ID)
+        tx.put_port(port(EP_ID, host_port=30010, ctr=7))         # re-put inside a deleted span
+        assert tx.ports() == [port(EP_ID, host_port=30010, ctr=7)] and tx.port_count() == 1
+    with store.transaction() as tx:
+        assert tx.ports() == [port(EP_ID, host_port=30010, ctr=7)] and tx.port_count() == 1
+        assert tx.host_ports_in("tcp", 1, 65535) == [("0.0.0.0", 30010)]
+    with store.transaction() as tx:
+        tx.put_ports((EP2_ID, "tcp", "0.0.0.0", 40000 + i, 80) for i in range(500))
+        tx.put_port(port(EP_ID, host_ip="127.0.0.1", host_port=40100))
+    with store.transaction() as tx:
+        tx.delete_ports(EP2_ID)
+    with store.transaction() as tx:
+        assert tx.ports() == [port(EP_ID, host_port=30010, ctr=7), port(EP_ID, host_ip="127.0.0.1", host_port=40100)]
 
 
 def test_delete_network_removes_its_leases(store):
@@ -324,6 +372,94 @@ def test_creates_the_state_directory(tmp_path):
     assert (tmp_path / "deep" / "er").stat().st_mode & 0o777 == 0o700
 
 
+# ------------------------------------------------------------------------- migration
+# The table layout of the store before the revisioned one (schema_version 1), as its code made it.
+_OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE networks (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, data TEXT NOT NULL);
+CREATE TABLE endpoints (id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, data TEXT NOT NULL);
+CREATE TABLE attachments (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
+    network_id TEXT NOT NULL REFERENCES networks(id),
+    data TEXT NOT NULL,
+    PRIMARY KEY (endpoint_id, network_id));
+CREATE TABLE leases (
+    network_id TEXT NOT NULL, ip TEXT NOT NULL, owner TEXT NOT NULL,
+    PRIMARY KEY (network_id, ip));
+CREATE TABLE ports (
+    proto TEXT NOT NULL, host_ip TEXT NOT NULL, host_port INTEGER NOT NULL,
+    endpoint_id TEXT NOT NULL, container_port INTEGER NOT NULL,
+    PRIMARY KEY (proto, host_ip, host_port));
+CREATE INDEX ports_by_endpoint ON ports (endpoint_id);
+CREATE INDEX ports_by_port ON ports (proto, host_port);
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def _write_old_store(path):
+    """A store file as the old code left it: networks inserted out of id order, an endpoint with a
+    published range, another with two ports, leases, attachments and metadata."""
+    import json
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    db = sqlite3.connect(path)
+    db.executescript(_OLD_SCHEMA)
+    for n in (net(id=NET2_ID, name="db"), net()):
+        db.execute("INSERT INTO networks VALUES (?, ?, ?)", (n.id, n.name, json.dumps(n.to_dict(), sort_keys=True)))
+    for e in (ep(EP2_ID, "b"), ep()):
+        db.execute("INSERT INTO endpoints VALUES (?, ?, ?)", (e.id, e.name, json.dumps(e.to_dict(), sort_keys=True)))
+    for a in (att(EP2_ID, NET_ID, "10.1.0.3"), att(), att(EP_ID, NET2_ID, "10.1.0.9", index=1)):
+        db.execute("INSERT INTO attachments VALUES (?, ?, ?)", (a.endpoint_id, a.network_id,
+                                                                 json.dumps(a.to_dict(), sort_keys=True)))
+    db.executemany("INSERT INTO leases VALUES (?, ?, ?)", [(NET_ID, "10.1.0.1", "gateway"), (NET_ID, "10.1.0.2", EP_ID),
+                                                           (NET_ID, "10.1.0.3", EP2_ID), (NET2_ID, "10.1.0.9", EP_ID)])
+    db.executemany("INSERT INTO ports VALUES (?, ?, ?, ?, ?)",
+                   [("udp", "0.0.0.0", 9090, EP2_ID, 53)] + [("tcp", "0.0.0.0", 30000 + i, EP_ID, 80 + i) for i in range(300)]
+                   + [("tcp", "127.0.0.1", 9090, EP2_ID, 8080)])
+    db.executemany("INSERT INTO meta VALUES (?, ?)", [("last_ip:" + NET_ID, "10.1.0.3"), ("nat_rules", "*nat\nCOMMIT\n")])
+    db.commit()
+    db.close()
+
+
+def test_a_store_of_the_old_table_layout_is_migrated_on_open_losing_nothing(db_path):
+    _write_old_store(db_path)
+    s = SQLiteStore(db_path)
+    try:
+        with s.transaction() as tx:
+            assert tx.networks() == [net(id=NET2_ID, name="db"), net()]          # old rowid order kept
+            assert tx.endpoints() == [ep(EP2_ID, "b"), ep()]
+            assert tx.attachments() == [att(), att(EP_ID, NET2_ID, "10.1.0.9", index=1), att(EP2_ID, NET_ID, "10.1.0.3")]
+            assert sorted(tx.leases()) == sorted([(NET_ID, "10.1.0.1", "gateway"), (NET_ID, "10.1.0.2", EP_ID),
+                                                  (NET_ID, "10.1.0.3", EP2_ID), (NET2_ID, "10.1.0.9", EP_ID)])
+            assert tx.ports() == ([port(EP2_ID, proto="udp", host_port=9090, ctr=53)]
+                                  + [port(host_port=30000 + i, ctr=80 + i) for i in range(300)]
+                                  + [port(EP2_ID, host_ip="127.0.0.1", host_port=9090, ctr=8080)])
+            assert tx.ports(EP2_ID) == [port(EP2_ID, proto="udp", host_port=9090, ctr=53),
+                                        port(EP2_ID, host_ip="127.0.0.1", host_port=9090, ctr=8080)]
+            assert tx.port_count() == 302 and tx.host_ports_in("tcp", 30299, 40000) == [("0.0.0.0", 30299)]
+            assert tx.get_meta("last_ip:" + NET_ID) == "10.1.0.3" and tx.get_meta("nat_rules") == "*nat\nCOMMIT\n"
+            assert tx.get_meta("schema_version") == str(SCHEMA_VERSION)
+            assert tx.network("db").id == NET2_ID and tx.endpoint("e0e").name == "a"
+        with pytest.raises(Conflict):                     # the uniqueness rules came along
+            with s.transaction() as tx:
+                tx.put_endpoint(ep(EP_ID[:-1] + "9", "b"))
+        with pytest.raises(Conflict):
+            with s.transaction() as tx:
+                tx.put_port(port(EP2_ID, host_port=30005))
+        with s.transaction() as tx:
+            tx.delete_endpoint(EP_ID)
+            assert tx.port_count() == 2 and tx.attachments(ep_id=EP_ID) == []
+        tables = {r[0] for r in s.kv.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert not tables & {"networks", "endpoints", "attachments", "leases", "ports", "meta"}
+    finally:
+        s.close()
+    s = SQLiteStore(db_path)                              # a second open migrates nothing again
+    try:
+        with s.transaction() as tx:
+            assert [e.name for e in tx.endpoints()] == ["b"] and tx.port_count() == 2
+    finally:
+        s.close()
+
+
 # ------------------------------------------------------------------------- crash consistency
 _CHILD = textwrap.dedent("""
     import sys, time
@@ -333,14 +469,17 @@ _CHILD = textwrap.dedent("""
     s = SQLiteStore(sys.argv[1])
     with s.transaction() as tx:
         tx.put_network(Network(id="c0mm1tted" + "0" * 55, name="committed", driver="bridge"))
-    with s.transaction() as tx:
-        tx.put_network(Network(id="d00med" + "0" * 58, name="doomed", driver="bridge"))
-        tx.lease("d00med" + "0" * 58, "10.9.0.2", "ep0")
-        tx.set_meta("doomed", "yes")
-        # Enough data that SQLite's page cache spills uncommitted pages into the WAL file.
-        for i in range(3000):
-            tx.put_endpoint(Endpoint(id=f"ep{i}", name=f"ep{i}", mode="bridge", netns_path="x" * 1000))
-            tx.put_port(PortMapping(f"ep{i}", "tcp", "0.0.0.0", 10000 + i, 80))
+    # The domain transaction buffers its writes and applies them at the end of its block; holding
+    # the backend's SQL transaction open around it stops the kill between the apply and COMMIT.
+    with s.kv.exclusive():
+        with s.transaction() as tx:
+            tx.put_network(Network(id="d00med" + "0" * 58, name="doomed", driver="bridge"))
+            tx.lease("d00med" + "0" * 58, "10.9.0.2", "ep0")
+            tx.set_meta("doomed", "yes")
+            # Enough data that SQLite's page cache spills uncommitted pages into the WAL file.
+            for i in range(3000):
+                tx.put_endpoint(Endpoint(id=f"ep{i}", name=f"ep{i}", mode="bridge", netns_path="x" * 1000))
+                tx.put_port(PortMapping(f"ep{i}", "tcp", "0.0.0.0", 10000 + i, 80))
         print("written", flush=True)
         time.sleep(120)
 """)
