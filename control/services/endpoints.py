@@ -113,7 +113,7 @@ class EndpointService:
     def _records(self, tx, name, network, static_ip, aliases, specs, netns_spec):
         """Store the endpoint, its attachment and its published ports (one transaction)."""
         ctx = self.ctx
-        if any(e.name == name for e in tx.endpoints()):
+        if tx.endpoint_named(name) is not None:
             raise Conflict(f"the endpoint name {name} is already in use")
         ep = Endpoint(id=new_id(), name=name, mode="bridge", netns_path="", created=time.time())
         if network.startswith("container:"):

@@ -82,7 +82,7 @@ class NetworkService:
         ctx = self.ctx
         with ctx.lock:
             with ctx.store.transaction() as tx:
-                if any(n.name == name for n in tx.networks()):
+                if tx.network_named(name) is not None:
                     raise Conflict(f"network with name {name} already exists")
                 taken = [(ipaddress.IPv4Network(n.subnet), n.name) for n in tx.networks() if n.subnet]
                 if subnet:

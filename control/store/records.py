@@ -346,16 +346,36 @@ class Transaction:
     # ------------------------------------------------------------------ lookups
     def network(self, ref: str) -> Network | None:
         """By exact name, exact id, or unique id prefix (>= 3 chars), like Docker."""
-        return _by_ref(self.networks(), ref)
+        return self._by_name_or_id("networks", Network, ref) or _by_prefix(self.networks(), ref)
 
     def endpoint(self, ref: str) -> Endpoint | None:
-        return _by_ref(self.endpoints(), ref)
+        return self._by_name_or_id("endpoints", Endpoint, ref) or _by_prefix(self.endpoints(), ref)
+
+    def network_named(self, name: str) -> Network | None:
+        """The network whose name is exactly ``name`` (one key read: the name index)."""
+        return self._named("networks", Network, name)
+
+    def endpoint_named(self, name: str) -> Endpoint | None:
+        return self._named("endpoints", Endpoint, name)
+
+    def _named(self, kind, cls, name):
+        rec_id = self._get(f"names/{kind}/{name}")
+        return self._record(kind, cls, rec_id) if rec_id else None
+
+    def _record(self, kind, cls, rec_id):
+        v = self._get(f"{kind}/{rec_id}")
+        return _seq_and_record(v, cls)[1] if v is not None else None
+
+    def _by_name_or_id(self, kind, cls, ref):
+        """Exact name first, then exact id: two key reads, where reading every record of a host
+        with 1,000 endpoints costs milliseconds on every lookup."""
+        if "/" in ref:
+            return None
+        return self._named(kind, cls, ref) or self._record(kind, cls, ref)
 
 
-def _by_ref(items, ref):
-    for it in items:
-        if it.name == ref or it.id == ref:
-            return it
+def _by_prefix(items, ref):
+    """The one record whose id starts with ``ref`` (>= 3 chars), else None."""
     if len(ref) >= 3:
         hits = [it for it in items if it.id.startswith(ref)]
         if len(hits) == 1:

@@ -17,7 +17,7 @@ import pytest
 from dockline.control.config import HostConfig
 from dockline.control.errors import Conflict, DatapathError, InvalidArgument, NotSupported
 from dockline.control.services import Services
-from dockline.control.store import SQLiteStore
+from dockline.control.store import MemoryStore
 
 from .fakes import Faults, FakeDatapath, FakeSandbox
 
@@ -26,7 +26,7 @@ def build(tmp_path, nat: bool = False):
     faults = Faults()
     host = HostConfig(name="unit", dns_upstreams=["192.0.2.53"], state_root=str(tmp_path / "state"),
                       run_root=str(tmp_path / "run"))
-    svc = Services(host, store=SQLiteStore(":memory:"), datapath=FakeDatapath(host, faults, nat=nat),
+    svc = Services(host, store=MemoryStore(), datapath=FakeDatapath(host, faults, nat=nat),
                    sandbox=FakeSandbox(faults))
     svc.system.start()
     return svc, faults
