@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import time
 
+from .. import protocols
 from . import bpf_structs as S
 
 log = logging.getLogger("dockline.ct")
-
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
 def twin_key(e: S.CtEntry, proto: int) -> S.CtKey:
@@ -87,7 +86,7 @@ class ConntrackGC:
             if e.dir != S.CT_DIR_ORIG:
                 continue
             out.append({
-                "proto": PROTO_NAMES.get(k.proto, str(k.proto)),
+                "proto": protocols.name(k.proto),
                 "orig": f"{S.ip_text(k.saddr)}:{S.be16_value(k.sport)} -> {S.ip_text(k.daddr)}:{S.be16_value(k.dport)}",
                 "translated": f"{S.ip_text(e.to_saddr)}:{S.be16_value(e.to_sport)} -> "
                               f"{S.ip_text(e.to_daddr)}:{S.be16_value(e.to_dport)}",

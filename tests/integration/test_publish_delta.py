@@ -14,6 +14,7 @@ import socket
 
 import pytest
 
+from dockline.control import protocols
 from dockline.control.config import BPF_ROOT
 from dockline.control.datapath import bpf_structs as S
 from dockline.control.datapath.loader import PinnedMap
@@ -39,7 +40,7 @@ def live_entries(host) -> tuple[set, set]:
         lo = TABLE_BASE[gen]
         out, hairpin = set(), set()
         for k, v in exact.items():
-            proto = {6: "tcp", 17: "udp"}[k.proto]
+            proto = protocols.name(k.proto)
             if lo <= k.table < lo + (1 << 20):
                 out.add((S.ip_text(k.daddr), socket.ntohs(k.dport), proto, S.ip_text(v.to_addr),
                          socket.ntohs(v.to_port)))
