@@ -12,7 +12,9 @@ import logging
 import time
 
 from .. import protocols
+from ..errors import DatapathError
 from . import bpf_structs as S
+from . import libbpf
 
 log = logging.getLogger("dockline.ct")
 
@@ -100,17 +102,8 @@ class ConntrackGC:
 
 
 def _max_entries(fd: int) -> int:
-    import ctypes
-
-    class Info(ctypes.Structure):
-        _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                    ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32)]
-
-    from bcc import libbcc
-    fn = libbcc.lib.bpf_obj_get_info_by_fd
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-    info = Info()
-    n = ctypes.c_uint32(ctypes.sizeof(info))
-    if fn(fd, ctypes.byref(info), ctypes.byref(n)) != 0:
+    """The ct map's capacity (0 if the kernel will not say: pressure is then not reported)."""
+    try:
+        return libbpf.map_info(fd).max_entries
+    except DatapathError:
         return 0
-    return info.max_entries
