@@ -39,7 +39,7 @@ from ..nat.parser import parse_save
 from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
 from . import bpf_structs as S
-from . import cgroup_attach, loader
+from . import cgroup_attach, loader, map_schema
 from .base import PortChanges
 from .ct_gc import ConntrackGC
 from .kernel import KernelDatapath
@@ -255,23 +255,7 @@ class EbpfDatapath(KernelDatapath):
     def setup_host(self):
         super().setup_host()
         self.programs = loader.Programs(self.host.bpf_dir).load()
-        root = str(self.programs.root)
-        P, U32, U64 = loader.PinnedMap, S.ctypes.c_uint32, S.ctypes.c_uint64
-        self.maps = {
-            "by_ifindex": P(f"{root}/endpoints_by_ifindex", U32, S.EndpointInfo),
-            "by_ip": P(f"{root}/endpoints_by_ip", U32, S.IpEndpoint),
-            "subnets": P(f"{root}/local_subnets", S.SubnetKey, S.ctypes.c_uint8),
-            "verdicts": P(f"{root}/verdicts", U32, S.Counter, percpu=True),
-            "ep_stats": P(f"{root}/endpoint_stats", U32, S.EndpointStats, percpu=True),
-            "net_info": P(f"{root}/net_info", U32, S.NetInfo),
-            "ct": P(f"{root}/ct", S.CtKey, S.CtEntry),
-            "nat_config": P(f"{root}/nat_config", U32, S.NatConfig),
-            "nat_rules": P(f"{root}/nat_rules", U32, S.NatRule),
-            "nat_exact": P(f"{root}/nat_exact", S.NatExactKey, S.NatExactVal),
-            "nat_ifaddr": P(f"{root}/nat_ifaddr", U32, U32),
-            "local_addrs": P(f"{root}/local_addrs", S.SubnetKey, S.ctypes.c_uint8),
-            "nat_counters": P(f"{root}/nat_counters", U32, U64, percpu=True),
-        }
+        self.maps = map_schema.open_maps(self.programs.root)     # every map of maps.h, by handle
         self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"])
         self.cookie = cgroup_attach.netns_cookie()
         self.gc = ConntrackGC(self.maps["ct"])
