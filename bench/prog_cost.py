@@ -13,7 +13,8 @@ import statistics
 import tempfile
 
 from ..control.datapath import bpf_structs as S
-from ..control.datapath.loader import PinnedMap, Programs, ensure_bpffs
+from ..control.datapath import map_schema
+from ..control.datapath.loader import Programs, ensure_bpffs
 from ..control.datapath.prog_run import prog_test_run
 
 REPEAT = 50000
@@ -41,9 +42,8 @@ def measure(rounds: int = 9) -> dict:
     root = tempfile.mkdtemp(prefix="dockline-progcost-", dir="/sys/fs/bpf")
     try:
         progs = Programs(root).load()
-        mroot = str(progs.root)
-        by_ifindex = PinnedMap(f"{mroot}/endpoints_by_ifindex", S.ctypes.c_uint32, S.EndpointInfo)
-        by_ip = PinnedMap(f"{mroot}/endpoints_by_ip", S.ctypes.c_uint32, S.IpEndpoint)
+        by_ifindex = map_schema.open_map(progs.root, "endpoints_by_ifindex")
+        by_ip = map_schema.open_map(progs.root, "endpoints_by_ip")
         # the sender is the test run's device (lo, ifindex 1); the receiver is known by IP
         by_ifindex.update(1, S.EndpointInfo(mac=S.mac_bytes(A_MAC), ip=S.be32(A_IP), net_id=7))
         by_ip.update(S.be32(B_IP), S.IpEndpoint(ifindex=1, net_id=7, mac=S.mac_bytes(B_MAC)))

@@ -61,7 +61,7 @@ def pss_kib(pid: int) -> int:
 def bpf_maps_kib(pin_dir: str) -> int:
     """Kernel memory of the BPF maps pinned under ``pin_dir`` (the ``memlock`` line of each
     map's fdinfo; for a hash map without preallocation it follows the entries in it)."""
-    from ..control.datapath.loader import obj_get
+    from ..control.datapath.libbpf import obj_get
     total = 0
     for root, _, files in os.walk(pin_dir):
         for f in files:

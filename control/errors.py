@@ -68,7 +68,7 @@ class AgentUnavailable(DocklineError):
     kind = "unavailable"
 
 
-_KINDS = {cls.kind: cls for cls in (DocklineError, InvalidArgument, NotFound, Conflict, Exhausted,
+_KINDS = {cls.kind: cls for cls in (DocklineError, InvalidArgument, NotSupported, NotFound, Conflict, Exhausted,
                                     DatapathError, AgentUnavailable)}
 
 

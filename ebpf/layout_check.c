@@ -1,5 +1,7 @@
 /* Never attached. Instantiates every map key/value struct in unpinned tables so that
- * tests/ebpf/test_layout.py can compare bcc's compiled layouts with the Python mirrors. */
+ * tests/ebpf/test_layout.py can compare bcc's compiled layouts with the Python mirrors:
+ * every struct of lib/structs.h (control/datapath/bpf_structs.py, map_schema.MIRRORS), then the
+ * kernel UAPI structs the control plane mirrors (control/datapath/libbpf.py, prog_run.py). */
 #include "lib/common.h"
 #include "lib/structs.h"
 
@@ -15,6 +17,12 @@ BPF_HASH(check_nat_rule, __u32, struct nat_rule, 1);
 BPF_HASH(check_nat_exact, struct nat_exact_key, struct nat_exact_val, 1);
 BPF_HASH(check_frag, struct frag_key, struct frag_ports, 1);
 BPF_HASH(check_sock_xlate, __u64, struct sock_xlate, 1);
+
+/* uapi/linux/bpf.h */
+BPF_HASH(check_bpf_prog_info, __u32, struct bpf_prog_info, 1);
+BPF_HASH(check_bpf_map_info, __u32, struct bpf_map_info, 1);
+BPF_HASH(check_sk_buff, __u32, struct __sk_buff, 1);
+BPF_HASH(check_xdp_md, __u32, struct xdp_md, 1);
 
 int layout_check(struct __sk_buff *skb)
 {

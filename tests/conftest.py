@@ -116,7 +116,7 @@ def detach_leftover_socket_programs():
     if os.geteuid() != 0:
         return
     try:
-        from dockline.control.datapath import cgroup_attach, ebpf, loader
+        from dockline.control.datapath import cgroup_attach, ebpf, libbpf
         from dockline.control.config import BPF_ROOT
     except ImportError:
         return
@@ -124,7 +124,7 @@ def detach_leftover_socket_programs():
     keep = set()
     for pin in glob.glob(os.path.join(BPF_ROOT, "*", "v*", "progs", "*", "sock_*")):
         try:
-            fd = loader.obj_get(pin)
+            fd = libbpf.obj_get(pin)
         except Exception:
             continue
         try:

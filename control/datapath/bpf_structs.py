@@ -2,8 +2,9 @@
 
 The C headers are the definition. These mirrors exist so the agent can write pinned maps after a
 restart without recompiling (bcc's generated types need a compile). tests/ebpf/test_layout.py
-checks every size and field offset here against what bcc compiled from ebpf/layout_check.c, and
-that ``Verdict`` matches drop_reasons.h.
+checks every size and field offset here, and the byte packings derived from them
+(``byte_packing``), against what bcc compiled from ebpf/layout_check.c, and that ``Verdict``
+matches drop_reasons.h. Which map holds which struct: map_schema.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import ctypes
 import enum
 import ipaddress
 import socket
+import struct
 
 #: Bumped whenever a struct below changes: part of the pin path (bcc reuses a pinned map without
 #: checking key/value sizes, so a new layout must never meet an old map).
@@ -175,6 +177,35 @@ class NatExactVal(ctypes.Structure):
     _fields_ = [("to_addr", ctypes.c_uint32), ("to_port", ctypes.c_uint16), ("iif_neg", ctypes.c_uint8),
                 ("pad", ctypes.c_uint8), ("iif", ctypes.c_uint32)]
 
+
+def byte_packing(mirror: type[ctypes.Structure], network_order: tuple[str, ...]) -> struct.Struct:
+    """A ``struct.Struct`` over the bytes of ``mirror``, derived from its fields: one item per
+    field in declaration order, except fields named ``pad*`` (zero bytes, no item); a field in
+    ``network_order`` is raw bytes (``Ns``: pack ``ipaddress.packed`` / ``port.to_bytes(2,
+    "big")``), any other an unsigned integer of its size in host order. For code that builds
+    thousands of keys as bytes (nat_maps.py) without a second hand-written copy of the layout."""
+    fmt, end = "=", 0
+    for name, ftype in mirror._fields_:
+        desc = getattr(mirror, name)
+        if desc.offset > end:
+            fmt += f"{desc.offset - end}x"
+        if name.startswith("pad"):
+            fmt += f"{desc.size}x"
+        elif name in network_order:
+            fmt += f"{desc.size}s"
+        else:
+            fmt += {1: "B", 2: "H", 4: "I", 8: "Q"}[desc.size]
+        end = desc.offset + desc.size
+    fmt += f"{ctypes.sizeof(mirror) - end}x" if ctypes.sizeof(mirror) > end else ""
+    packing = struct.Struct(fmt)
+    assert packing.size == ctypes.sizeof(mirror), (mirror.__name__, fmt)
+    return packing
+
+
+#: struct nat_exact_key as bytes: pack(table, daddr 4 bytes, dport 2 bytes, proto)
+NAT_EXACT_KEY_BYTES = byte_packing(NatExactKey, network_order=("daddr", "dport"))
+#: struct nat_exact_val as bytes: pack(to_addr 4 bytes, to_port 2 bytes, iif_neg, iif)
+NAT_EXACT_VAL_BYTES = byte_packing(NatExactVal, network_order=("to_addr", "to_port"))
 
 #: nat_exact table id of the published ports' targets (structs.h NAT_HAIRPIN_TABLE)
 NAT_HAIRPIN_TABLE = 0

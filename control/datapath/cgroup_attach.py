@@ -16,6 +16,7 @@ import os
 import socket
 
 from ..errors import DatapathError
+from . import libbpf
 
 BPF_F_ALLOW_MULTI = 2
 SO_NETNS_COOKIE = 71
@@ -31,29 +32,13 @@ def cgroup2_root() -> str:
     raise DatapathError("cgroup v2 is not mounted: socket-layer NAT for host processes needs it")
 
 
-def _lib():
-    from bcc import libbcc
-    lib = libbcc.lib
-    lib.bpf_prog_attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint]
-    lib.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    return lib
-
-
 def prog_id(prog_fd: int) -> int:
-    """The kernel's id of a loaded program (struct bpf_prog_info: type, id, ...)."""
-    info = (ctypes.c_uint32 * 64)()
-    n = ctypes.c_uint32(ctypes.sizeof(info))
-    fn = _lib().bpf_obj_get_info_by_fd
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-    if fn(prog_fd, ctypes.byref(info), ctypes.byref(n)) != 0:
-        raise DatapathError("cannot read a BPF program's id")
-    return info[1]
+    """The kernel's id of a loaded program (struct bpf_prog_info.id)."""
+    return libbpf.prog_info(prog_fd).id
 
 
 def attached_ids(cgroup_fd: int, attach_type: int) -> set[int]:
-    fn = _lib().bpf_prog_query
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint32),
-                   ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    fn = libbpf.lib().bpf_prog_query
     ids = (ctypes.c_uint32 * 256)()
     cnt = ctypes.c_uint32(256)
     flags = ctypes.c_uint32(0)
@@ -67,7 +52,7 @@ def attach(prog_fd: int, attach_type: int, cgroup: str | None = None) -> None:
     try:
         if prog_id(prog_fd) in attached_ids(fd, attach_type):
             return          # a restart with unchanged programs: already translating
-        rc = _lib().bpf_prog_attach(prog_fd, fd, attach_type, BPF_F_ALLOW_MULTI)
+        rc = libbpf.lib().bpf_prog_attach(prog_fd, fd, attach_type, BPF_F_ALLOW_MULTI)
         err = ctypes.get_errno()
         if rc != 0 and abs(rc) != errno.EEXIST and err != errno.EEXIST:
             raise DatapathError(f"attaching a socket program (type {attach_type}) to the cgroup root failed: "
@@ -79,7 +64,7 @@ def attach(prog_fd: int, attach_type: int, cgroup: str | None = None) -> None:
 def detach(prog_fd: int, attach_type: int, cgroup: str | None = None) -> bool:
     fd = os.open(cgroup or cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return _lib().bpf_prog_detach2(prog_fd, fd, attach_type) == 0
+        return libbpf.lib().bpf_prog_detach2(prog_fd, fd, attach_type) == 0
     finally:
         os.close(fd)
 
@@ -91,21 +76,18 @@ def netns_cookie() -> int:
 
 
 def _prog_name(prog_fd: int) -> str:
-    info = (ctypes.c_uint8 * 256)()
-    n = ctypes.c_uint32(ctypes.sizeof(info))
-    fn = _lib().bpf_obj_get_info_by_fd
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-    if fn(prog_fd, ctypes.byref(info), ctypes.byref(n)) != 0:
+    """struct bpf_prog_info.name ("" if the kernel will not say)."""
+    try:
+        return libbpf.prog_info(prog_fd).name.decode(errors="replace")
+    except DatapathError:
         return ""
-    return bytes(info[64:80]).split(b"\0")[0].decode(errors="replace")   # bpf_prog_info.name
 
 
 def detach_named(names: set[str], attach_types: tuple[int, ...], keep_ids: frozenset = frozenset()) -> int:
     """Detach every program on the cgroup root whose name is in ``names`` (the kernel keeps 15
     characters of a name; test clean-up: agents killed without a reset leave theirs attached),
     except the programs whose ids are in ``keep_ids``. Returns how many were detached."""
-    lib = _lib()
-    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    lib = libbpf.lib()
     fd = os.open(cgroup2_root(), os.O_RDONLY | os.O_DIRECTORY)
     n = 0
     try:

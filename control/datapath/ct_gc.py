@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import time
 
+from .. import protocols
+from ..errors import DatapathError
 from . import bpf_structs as S
+from . import libbpf
 
 log = logging.getLogger("dockline.ct")
-
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp"}
 
 
 def twin_key(e: S.CtEntry, proto: int) -> S.CtKey:
@@ -87,7 +88,7 @@ class ConntrackGC:
             if e.dir != S.CT_DIR_ORIG:
                 continue
             out.append({
-                "proto": PROTO_NAMES.get(k.proto, str(k.proto)),
+                "proto": protocols.name(k.proto),
                 "orig": f"{S.ip_text(k.saddr)}:{S.be16_value(k.sport)} -> {S.ip_text(k.daddr)}:{S.be16_value(k.dport)}",
                 "translated": f"{S.ip_text(e.to_saddr)}:{S.be16_value(e.to_sport)} -> "
                               f"{S.ip_text(e.to_daddr)}:{S.be16_value(e.to_dport)}",
@@ -101,17 +102,8 @@ class ConntrackGC:
 
 
 def _max_entries(fd: int) -> int:
-    import ctypes
-
-    class Info(ctypes.Structure):
-        _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                    ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32)]
-
-    from bcc import libbcc
-    fn = libbcc.lib.bpf_obj_get_info_by_fd
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
-    info = Info()
-    n = ctypes.c_uint32(ctypes.sizeof(info))
-    if fn(fd, ctypes.byref(info), ctypes.byref(n)) != 0:
+    """The ct map's capacity (0 if the kernel will not say: pressure is then not reported)."""
+    try:
+        return libbpf.map_info(fd).max_entries
+    except DatapathError:
         return 0
-    return info.max_entries

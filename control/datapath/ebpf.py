@@ -31,6 +31,7 @@ import zlib
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from .. import protocols
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
 from ..nat.reach import bridged_nat_bridges, loopback_may_translate
@@ -38,7 +39,7 @@ from ..nat.parser import parse_save
 from ..nat.rules import PortRange, Rule, Ruleset
 from ..netlink import links
 from . import bpf_structs as S
-from . import cgroup_attach, loader
+from . import cgroup_attach, loader, map_schema
 from .base import PortChanges
 from .ct_gc import ConntrackGC
 from .kernel import KernelDatapath
@@ -85,9 +86,6 @@ def control_plane_chains(networks) -> Ruleset:
     return rs
 
 
-_PROTO = {"tcp": 6, "udp": 17}
-
-
 def published_ports(state) -> dict:
     """The published ports for chain DOCKLINE as plain ``{(host_ip, host_port, proto number):
     (container ip, container port)}``: thousands of ports never become Rule objects. Memoised
@@ -99,7 +97,7 @@ def published_ports(state) -> dict:
     for pm in state.ports:
         target = state.port_target(pm)
         if target is not None:
-            published[(pm.host_ip, pm.host_port, _PROTO[pm.proto])] = (target.ip, pm.container_port)
+            published[(pm.host_ip, pm.host_port, protocols.number(pm.proto))] = (target.ip, pm.container_port)
     memo["_published"] = published
     return published
 
@@ -108,7 +106,7 @@ def published_as_rules(published: dict) -> list[Rule]:
     """The published ports as the DNAT rules Docker would write (for listings only: the datapath
     gets them as exact entries, never as Rule objects)."""
     return [Rule(dst=None if host_ip == "0.0.0.0" else ipaddress.IPv4Network(f"{host_ip}/32"),
-                 proto="tcp" if proto == 6 else "udp", dport=PortRange(port, port), target="DNAT",
+                 proto=protocols.name(proto), dport=PortRange(port, port), target="DNAT",
                  to_addr=_ip(ip), to_ports=PortRange(cport, cport))
             for (host_ip, port, proto), (ip, cport) in published.items()]
 
@@ -172,7 +170,7 @@ def _iface_names(rs: Ruleset) -> set[str]:
 
 def _exact_key(proto: str, host_ip: str, port: int) -> tuple:
     """A published port's (daddr, port, proto number), as ``exact_entry`` keys it."""
-    return (_host_daddr(host_ip), port, _PROTO[proto])
+    return (_host_daddr(host_ip), port, protocols.number(proto))
 
 
 class AddressWatch:
@@ -257,23 +255,7 @@ class EbpfDatapath(KernelDatapath):
     def setup_host(self):
         super().setup_host()
         self.programs = loader.Programs(self.host.bpf_dir).load()
-        root = str(self.programs.root)
-        P, U32, U64 = loader.PinnedMap, S.ctypes.c_uint32, S.ctypes.c_uint64
-        self.maps = {
-            "by_ifindex": P(f"{root}/endpoints_by_ifindex", U32, S.EndpointInfo),
-            "by_ip": P(f"{root}/endpoints_by_ip", U32, S.IpEndpoint),
-            "subnets": P(f"{root}/local_subnets", S.SubnetKey, S.ctypes.c_uint8),
-            "verdicts": P(f"{root}/verdicts", U32, S.Counter, percpu=True),
-            "ep_stats": P(f"{root}/endpoint_stats", U32, S.EndpointStats, percpu=True),
-            "net_info": P(f"{root}/net_info", U32, S.NetInfo),
-            "ct": P(f"{root}/ct", S.CtKey, S.CtEntry),
-            "nat_config": P(f"{root}/nat_config", U32, S.NatConfig),
-            "nat_rules": P(f"{root}/nat_rules", U32, S.NatRule),
-            "nat_exact": P(f"{root}/nat_exact", S.NatExactKey, S.NatExactVal),
-            "nat_ifaddr": P(f"{root}/nat_ifaddr", U32, U32),
-            "local_addrs": P(f"{root}/local_addrs", S.SubnetKey, S.ctypes.c_uint8),
-            "nat_counters": P(f"{root}/nat_counters", U32, U64, percpu=True),
-        }
+        self.maps = map_schema.open_maps(self.programs.root)     # every map of maps.h, by handle
         self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"])
         self.cookie = cgroup_attach.netns_cookie()
         self.gc = ConntrackGC(self.maps["ct"])
@@ -466,8 +448,8 @@ class EbpfDatapath(KernelDatapath):
         if changes is not None and result.get("incremental"):
             # a new endpoint's targets appear, a removed endpoint's go (no other port has them)
             result["hairpin_ops"] = self.nat.hairpin_delta(
-                {(changes.container_ip, cport, _PROTO[proto]) for proto, _, _, cport in changes.added},
-                {(changes.container_ip, cport, _PROTO[proto]) for proto, _, _, cport in changes.removed}
+                {(changes.container_ip, cport, protocols.number(proto)) for proto, _, _, cport in changes.added},
+                {(changes.container_ip, cport, protocols.number(proto)) for proto, _, _, cport in changes.removed}
                 if changes.container_ip else set())
         else:
             result["hairpin_ops"] = self.nat.sync_hairpin_targets(

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..errors import DatapathError
 from . import compile_cache
 from .bpf_structs import LAYOUT_VERSION
+from .libbpf import lib as _lib, obj_get  # noqa: F401  (the bindings: libbpf.py)
 
 log = logging.getLogger("dockline.loader")
 
@@ -102,24 +103,6 @@ def source_digest(cflags: list[str]) -> str:
         h.update(p.relative_to(EBPF_DIR).as_posix().encode() + b"\0" + p.read_bytes())
     h.update("\0".join(cflags).encode())
     return h.hexdigest()[:16]
-
-
-def _lib():
-    from bcc import libbcc
-    lib = libbcc.lib
-    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
-    lib.bpf_obj_get.restype = ctypes.c_int
-    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    lib.bpf_obj_pin.restype = ctypes.c_int
-    return lib
-
-
-def obj_get(path: str) -> int:
-    fd = _lib().bpf_obj_get(path.encode())
-    if fd < 0:
-        err = ctypes.get_errno() or errno.ENOENT
-        raise DatapathError(f"cannot open pinned BPF object {path}: {os.strerror(err)}")
-    return fd
 
 
 @dataclass

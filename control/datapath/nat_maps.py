@@ -51,9 +51,10 @@ def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
                      to_port_max=i.to_ports.hi if i.to_ports else 0, table=i.table)
 
 
-_KEY = struct.Struct("=I4s2sBx")       # struct nat_exact_key, bytes as in the map
-_VAL = struct.Struct("=4s2sBxI")       # struct nat_exact_val
-_TABLE = struct.Struct("=I")           # the table id a raw key starts with
+_KEY = S.NAT_EXACT_KEY_BYTES           # struct nat_exact_key, bytes as in the map
+_VAL = S.NAT_EXACT_VAL_BYTES           # struct nat_exact_val
+#: the table id of a raw key (a host-order u32 at its offset in struct nat_exact_key)
+_TABLE = struct.Struct(f"={S.NatExactKey.table.offset}xI")
 
 
 def exact_key_raw(k: C.ExactKey) -> bytes:

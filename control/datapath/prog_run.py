@@ -12,7 +12,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from .loader import _lib
+from . import libbpf
 
 
 class BpfTestRunOpts(ctypes.Structure):
@@ -79,20 +79,6 @@ class RunRefused(OSError):
     """The kernel refused the test run (errno in .errno)."""
 
 
-_fn = None
-
-
-def _run_opts_fn():
-    global _fn
-    if _fn is None:
-        # libbcc links libbpf.so.1, which exports bpf_prog_test_run_opts; the loader is the one
-        # module that imports bcc
-        _fn = _lib().bpf_prog_test_run_opts
-        _fn.argtypes = [ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)]
-        _fn.restype = ctypes.c_int
-    return _fn
-
-
 @dataclass
 class RunResult:
     retval: int
@@ -120,7 +106,7 @@ def prog_test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None,
     if ctx is not None:
         opts.ctx_in = ctypes.addressof(ctx)
         opts.ctx_size_in = ctypes.sizeof(ctx)
-    rc = _run_opts_fn()(prog_fd, ctypes.byref(opts))
+    rc = libbpf.lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))   # libbpf.so.1, via libbcc
     if rc != 0:
         err = -rc if rc < 0 else (ctypes.get_errno() or errno.EIO)
         raise RunRefused(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")

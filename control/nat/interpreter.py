@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable
 
+from .. import protocols
 from . import compiler as C
 from .rules import PortRange
 
@@ -21,7 +22,7 @@ def _in(net, addr) -> bool:
 
 def matches(i: C.Instruction, saddr: str, daddr: str, proto: int, sport: int, dport: int, iif: int, oif: int,
             src_local: bool, dst_local: bool) -> bool:
-    l4 = proto in (6, 17)
+    l4 = proto in protocols.PORT_NUMBERS
 
     def cond(holds: bool, negbit: int) -> bool:
         return holds != bool(i.neg & negbit)

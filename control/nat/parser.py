@@ -25,6 +25,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from .. import protocols
 from ..errors import DocklineError, InvalidArgument, NotFound
 from .rules import (BUILTIN_CHAINS, FULL_PORTS, UNSUPPORTED_TARGETS, PortRange, Rule, Ruleset,
                     check_chain_name)
@@ -238,7 +239,7 @@ def parse_rule_args(args: list[str]) -> Rule:
         raise InvalidArgument("-m comment needs --comment")
     if sp.ports_module is not None:
         proto = sp.values.get("proto")
-        if str(proto).lower() not in (sp.ports_module, {"tcp": "6", "udp": "17"}[sp.ports_module]):
+        if str(proto).lower() not in (sp.ports_module, str(protocols.number(sp.ports_module))):
             raise InvalidArgument(f"-m {sp.ports_module} needs -p {sp.ports_module}")
         if "sport" not in sp.values and "dport" not in sp.values:
             sp.values["dport"] = FULL_PORTS         # a bare -m tcp

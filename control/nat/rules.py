@@ -25,6 +25,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .. import protocols
 from ..errors import InvalidArgument, NotFound
 
 BUILTIN_CHAINS = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
@@ -45,9 +46,9 @@ UNSUPPORTED_TARGETS = frozenset({
     "CLUSTERIP", "SET", "AUDIT", "CHECKSUM", "IDLETIMER", "LED", "RATEEST", "SECMARK",
     "CONNSECMARK", "SYNPROXY", "HMARK", "TEE", "ECN", "CONNTRACK", "JUMP", "GOTO",
 })
-PROTOCOLS = ("tcp", "udp", "icmp")
-PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1}
-PORT_PROTOCOLS = ("tcp", "udp")
+PROTOCOLS = tuple(protocols.NUMBERS)             # control/protocols.py is the table
+PROTO_NUMBERS = protocols.NUMBERS
+PORT_PROTOCOLS = protocols.PORT_PROTOCOLS
 #: Keys of the optional matches, in the order dockline writes them when ``match_order`` is empty.
 MATCH_KEYS = ("ports", "msports", "mdports", "addrtype", "comment")
 MAX_CHAIN_NAME = 28          # iptables: "must be under 29 chars"
@@ -371,11 +372,15 @@ def _to_opt(target: str | None) -> str:
     return {"DNAT": "--to-destination", "SNAT": "--to-source"}.get(target, "--to-ports")
 
 
+#: ``-p 6`` is ``-p tcp``, ``-p 0`` is ``-p all``
+_PROTO_BY_NUMBER_TEXT = {str(n): p for p, n in protocols.NUMBERS.items()} | {"0": "all"}
+
+
 def _norm_proto(proto) -> str | None:
     if proto is None:
         return None
     p = str(proto).lower()
-    p = {"6": "tcp", "17": "udp", "1": "icmp", "0": "all"}.get(p, p)
+    p = _PROTO_BY_NUMBER_TEXT.get(p, p)
     if p == "all":
         return None
     if p not in PROTOCOLS:

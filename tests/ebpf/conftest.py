@@ -60,10 +60,9 @@ class Scratch:
     before it does."""
 
     def __init__(self, env: BpfEnv):
-        import ctypes
-        from dockline.control.datapath import loader
+        from dockline.control.datapath import map_schema
         self.type = env.bcc_leaf_type("nat_scratch")
-        self.map = loader.PinnedMap(str(env.root / "nat_scratch"), ctypes.c_uint32, self.type, percpu=True)
+        self.map = map_schema.open_map(env.root, "nat_scratch", value=self.type)
 
     def zero(self):
         self.map.update(0, self.type())

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 
 from dockline.control.datapath import bpf_structs as S
-from dockline.control.datapath import loader
+from dockline.control.datapath import libbpf, map_schema
 
 #: what the program sees as skb->ifindex in a test run without a ctx (the netns loopback)
 TEST_RUN_IFINDEX = 1
@@ -87,41 +87,24 @@ def reset_nat_config() -> S.NatConfig:
     return S.NatConfig(entry=(ctypes.c_uint32 * 4)(*([0xFFFFFFFF] * 4)))
 
 
-NAT_RULE_SLOTS = 2 * 1024     # 2 * MAX_NAT_RULES (consts.h)
-
-
 class Maps:
-    """The pinned maps of one private pin folder, opened through loader.PinnedMap (the same ctypes
-    mirrors the agent uses)."""
+    """The pinned maps of one private pin folder (every map of maps.h), opened through
+    map_schema with the same ctypes mirrors the agent uses, one attribute per map handle
+    (``by_ifindex``, ``ct``, ``nat_exact``...: map_schema.MAPS)."""
 
     def __init__(self, root: str):
-        U8, U32, U64 = ctypes.c_uint8, ctypes.c_uint32, ctypes.c_uint64
         self.root = root
-
-        def m(name, k, v, percpu=False):
-            return loader.PinnedMap(f"{root}/{name}", k, v, percpu=percpu)
-
-        self.by_ifindex = m("endpoints_by_ifindex", U32, S.EndpointInfo)
-        self.by_ip = m("endpoints_by_ip", U32, S.IpEndpoint)
-        self.subnets = m("local_subnets", S.SubnetKey, U8)
-        self.verdicts = m("verdicts", U32, S.Counter, percpu=True)
-        self.ep_stats = m("endpoint_stats", U32, S.EndpointStats, percpu=True)
-        self.net_info = m("net_info", U32, S.NetInfo)
-        self.ct = m("ct", S.CtKey, S.CtEntry)
-        self.nat_config = m("nat_config", U32, S.NatConfig)
-        self.nat_rules = m("nat_rules", U32, S.NatRule)
-        self.nat_exact = m("nat_exact", S.NatExactKey, S.NatExactVal)
-        self.nat_ifaddr = m("nat_ifaddr", U32, U32)
-        self.local_addrs = m("local_addrs", S.SubnetKey, U8)
-        self.frag_ports = m("frag_ports", S.FragKey, S.FragPorts)
-        self.sock_xlate = m("sock_xlate", U64, S.SockXlate)
-        self.nat_counters = m("nat_counters", U32, U64, percpu=True)
-        self.hashes = [self.by_ifindex, self.by_ip, self.subnets, self.ep_stats, self.net_info, self.ct,
-                       self.nat_exact, self.nat_ifaddr, self.local_addrs, self.frag_ports, self.sock_xlate]
+        self._maps = map_schema.open_maps(root)
+        for handle, m in self._maps.items():
+            setattr(self, handle, m)
+        #: the maps whose entries are keys (emptied by clear()); the arrays are zeroed instead
+        self.hashes = [m for h, m in self._maps.items() if not map_schema.BY_HANDLE[h].is_array]
+        #: 2 * MAX_NAT_RULES (consts.h), as the kernel sized the map
+        self.nat_rule_slots = libbpf.map_info(self.nat_rules.fd).max_entries
         self._rules_written = True      # unknown at open: zero every slot on the first clear
 
     def all(self):
-        return self.hashes + [self.verdicts, self.nat_counters, self.nat_config, self.nat_rules]
+        return list(self._maps.values())
 
     def close(self):
         for m in self.all():
@@ -138,17 +121,22 @@ class Maps:
             self.nat_counters.update(idx, ctypes.c_uint64(0))
         if self._rules_written or bytes(self.nat_config.lookup(0)) != bytes(reset_nat_config()):
             zero = S.NatRule()
-            for slot in range(NAT_RULE_SLOTS):
+            for slot in range(self.nat_rule_slots):
                 self.nat_rules.update(slot, zero)
             self._rules_written = False
         self.nat_config.update(0, reset_nat_config())
+
+    def _rule_slots_to_check(self) -> tuple:
+        """The first two slots of each generation (an all-zero slot ends a generation)."""
+        half = self.nat_rule_slots // 2
+        return (0, 1, half, half + 1)
 
     def is_empty(self) -> bool:
         return (all(not m.keys() for m in self.hashes)
                 and all(self.verdict(c) == (0, 0) for c in range(S.NR_VERDICTS))
                 and all(self.nat_counter(c) == 0 for c in range(S.NR_NAT_COUNTERS))
                 and bytes(self.nat_config.lookup(0)) == bytes(reset_nat_config())
-                and all(bytes(self.nat_rules.lookup(s)) == bytes(S.NatRule()) for s in (0, 1, 1024, 1025)))
+                and all(bytes(self.nat_rules.lookup(s)) == bytes(S.NatRule()) for s in self._rule_slots_to_check()))
 
     # -- writes, as control/datapath/ebpf.py does them
     def add_endpoint(self, ep: Endpoint, *, by_ifindex: bool = True, by_ip: bool = True):

@@ -34,9 +34,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, Raw
 
+from dockline.control import protocols
+
 from .harness import TEST_RUN_IFINDEX, Endpoint, Maps, SkBuff, Tuple, XdpMd, prog_test_run
 
-TCP_P, UDP_P, ICMP_P = 6, 17, 1
+TCP_P, UDP_P, ICMP_P = protocols.TCP, protocols.UDP, protocols.ICMP
 
 HOST_IP = "203.0.113.1"
 UPLINK_MAC = "02:00:00:00:00:aa"

@@ -37,12 +37,13 @@ from scapy.packet import Raw
 
 from dockline.control.datapath.bpf_structs import Verdict
 
+from dockline.control import protocols
 from dockline.control.datapath import bpf_structs as S
 
 from .harness import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS,
                       Endpoint, Maps, Tuple)
 
-TCP_P, UDP_P = 6, 17
+TCP_P, UDP_P = protocols.TCP, protocols.UDP
 
 NET_A, NET_B = 100, 200
 A1 = Endpoint("a1", TEST_RUN_IFINDEX, "10.1.0.2", "02:00:0a:01:00:02", NET_A)

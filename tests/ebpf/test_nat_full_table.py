@@ -98,12 +98,11 @@ def syn(i: int):
 
 
 def test_the_small_table_is_small(small):
-    from .test_layout import map_info
-    from dockline.control.datapath import loader
+    from dockline.control.datapath import libbpf
     programs, _ = small
-    fd = loader.obj_get(str(programs.root / "ct"))
+    fd = libbpf.obj_get(str(programs.root / "ct"))
     try:
-        assert map_info(fd).max_entries == MAX_CT
+        assert libbpf.map_info(fd).max_entries == MAX_CT
     finally:
         os.close(fd)
 

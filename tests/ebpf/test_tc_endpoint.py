@@ -57,11 +57,10 @@ def test_net_info_variants_exercise_the_stages():
 def test_stages_missing_behave_like_no_nat(maps, bpf_env, scratch):
     """With nat_tail emptied (a stage missing), nat_ingress's fallback gives the same verdict; the
     slots are refilled afterwards."""
-    import ctypes
-    from dockline.control.datapath import loader
+    from dockline.control.datapath import loader, map_schema
     standard(maps)
     with_net_info(maps)
-    tail = loader.PinnedMap(str(bpf_env.root / "nat_tail"), ctypes.c_uint32, ctypes.c_uint32)
+    tail = map_schema.open_map(bpf_env.root, "nat_tail")
     try:
         for slot in loader.NAT_TAIL:
             tail.delete(slot)

@@ -14,9 +14,10 @@ import socket
 
 import pytest
 
+from dockline.control import protocols
 from dockline.control.config import BPF_ROOT
 from dockline.control.datapath import bpf_structs as S
-from dockline.control.datapath.loader import PinnedMap
+from dockline.control.datapath import map_schema
 from dockline.control.datapath.nat_maps import TABLE_BASE
 
 pytestmark = pytest.mark.root
@@ -31,15 +32,15 @@ def live_entries(host) -> tuple[set, set]:
     """(host ip, host port, proto, container ip, container port) of every exact entry of the live
     generation (no user rules are given here, so they are all published ports), and the
     (container ip, container port, proto) of every entry of NAT_HAIRPIN_TABLE."""
-    root = f"{BPF_ROOT}/{host.name}/v{S.LAYOUT_VERSION}"
-    cfg_map = PinnedMap(f"{root}/nat_config", S.ctypes.c_uint32, S.NatConfig)
-    exact = PinnedMap(f"{root}/nat_exact", S.NatExactKey, S.NatExactVal)
+    root = map_schema.pin_root(f"{BPF_ROOT}/{host.name}")
+    cfg_map = map_schema.open_map(root, "nat_config")
+    exact = map_schema.open_map(root, "nat_exact")
     try:
         gen = cfg_map.lookup(0).generation
         lo = TABLE_BASE[gen]
         out, hairpin = set(), set()
         for k, v in exact.items():
-            proto = {6: "tcp", 17: "udp"}[k.proto]
+            proto = protocols.name(k.proto)
             if lo <= k.table < lo + (1 << 20):
                 out.add((S.ip_text(k.daddr), socket.ntohs(k.dport), proto, S.ip_text(v.to_addr),
                          socket.ntohs(v.to_port)))

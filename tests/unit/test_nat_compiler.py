@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from dockline.control import protocols
 from dockline.control.errors import InvalidArgument
 from dockline.control.nat import compiler as C
 from dockline.control.nat import interpreter, reference
@@ -39,7 +40,7 @@ def decide_reference(rs, hook, saddr, daddr, proto, sport, dport, iif, oif):
 
 
 def decide_compiled(prog, hook, saddr, daddr, proto, sport, dport, iif, oif):
-    num = {"tcp": 6, "udp": 17, "icmp": 1}[proto]
+    num = protocols.number(proto)
     op, addr, ports = interpreter.run(prog, hook, saddr, daddr, num, sport, dport, IFACES.get(iif, 0),
                                       IFACES.get(oif, 0), is_local)
     name = {C.OP_ACCEPT: "ACCEPT", C.OP_DNAT: "DNAT", C.OP_SNAT: "SNAT", C.OP_MASQUERADE: "MASQUERADE",
