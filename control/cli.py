@@ -33,7 +33,7 @@ def cmd_daemon(a):
 
 
 def cmd_demo(a):
-    from ..bench.demo import run_demo
+    from .sim.demo import run_demo
     return run_demo(a.datapath)
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dockline.bench.nstools import _socket_in
+from dockline.control.sim.nstools import _socket_in
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from dnslib import DNSRecord
 from rich.console import Console
 from rich.table import Table
 
-from ..control.netlink.netns import netns_path, run_in_netns
+from ..netlink.netns import netns_path, run_in_netns
 from .nstools import Server, ping, request
 from .simhost import HOST_IP, OUTSIDE_IP, SimHost
 
