@@ -15,7 +15,18 @@ from .nstools import Server, ping, request
 from .simhost import HOST_IP, OUTSIDE_IP, SimHost
 
 
-def run_demo(datapath: str = "kernel") -> int:
+def datapath_ran(info: dict, requested: str) -> str:
+    """What ``dockline demo`` says about the datapath, from the agent's ``info``: the backend that
+    actually runs (an ``auto`` agent may also have fallen back to kernel at start) and why."""
+    name = info["datapath"]["name"]
+    probed = info.get("probe", {}).get(name, {})
+    if requested not in ("auto", ""):
+        return f"{name} (requested)"
+    return f"{name} (chosen by the probe: {probed.get('reason', 'no reason given')})"
+
+
+def run_demo(datapath: str = "auto") -> int:
+    """``datapath``: a backend name, or ``auto`` for the probe's choice (as the daemon does)."""
     console = Console()
     results: list[tuple[str, str, bool]] = []
 
@@ -26,11 +37,13 @@ def run_demo(datapath: str = "kernel") -> int:
     with tempfile.TemporaryDirectory(prefix="dockline-demo-") as tmp:
         h = SimHost(pathlib.Path(tmp), datapath=datapath)
         servers = []
+        ran = f"{datapath} (the agent did not start)"
         try:
             with console.status("starting an agent in a fresh host namespace"):
                 h.start_agent()
+            ran = datapath_ran(h.call("info"), datapath)
             console.print(f"[bold]host[/] {h.host_ns} (uplink {HOST_IP}), outside {h.out_ns} ({OUTSIDE_IP}), "
-                          f"datapath {datapath}")
+                          f"datapath {ran}")
             with console.status("creating networks front, back and four endpoints"):
                 h.call("network_create", name="front")
                 h.call("network_create", name="back", subnet="10.90.0.0/24")
@@ -69,5 +82,6 @@ def run_demo(datapath: str = "kernel") -> int:
             with console.status("removing everything"):
                 h.cleanup()
         failed = [r for r in results if not r[2]]
-        console.print(f"[bold]{len(results) - len(failed)}/{len(results)} checks passed[/]; everything removed")
+        console.print(f"[bold]{len(results) - len(failed)}/{len(results)} checks passed[/] on datapath {ran}; "
+                      "everything removed")
         return 1 if failed else 0
