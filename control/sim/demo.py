@@ -19,10 +19,13 @@ def datapath_ran(info: dict, requested: str) -> str:
     """What ``dockline demo`` says about the datapath, from the agent's ``info``: the backend that
     actually runs (an ``auto`` agent may also have fallen back to kernel at start) and why."""
     name = info["datapath"]["name"]
-    probed = info.get("probe", {}).get(name, {})
+    probe = info.get("probe", {})       # ordered best first, as the agent chooses
     if requested not in ("auto", ""):
         return f"{name} (requested)"
-    return f"{name} (chosen by the probe: {probed.get('reason', 'no reason given')})"
+    best = next((b for b, r in probe.items() if r.get("usable")), name)
+    if best != name:
+        return f"{name} (the probe chose {best}, which failed to start: see the agent's log)"
+    return f"{name} (chosen by the probe: {probe.get(name, {}).get('reason', 'no reason given')})"
 
 
 def run_demo(datapath: str = "auto") -> int:

@@ -250,6 +250,12 @@ def test_demo_takes_the_probes_choice_unless_told(monkeypatch):
     ("auto", {"datapath": {"name": "kernel"}, "probe": {"kernel": {"usable": True, "reason": "always"}}},
      "kernel (chosen by the probe: always)"),
     ("kernel", {"datapath": {"name": "kernel"}, "probe": {}}, "kernel (requested)"),
+    ("auto", {"datapath": {"name": "kernel"}, "probe": {"ebpf": {"usable": True, "reason": "TC loads"},
+                                                        "kernel": {"usable": True, "reason": "always"}}},
+     "kernel (the probe chose ebpf, which failed to start: see the agent's log)"),
+    ("auto", {"datapath": {"name": "kernel"}, "probe": {"ebpf": {"usable": False, "reason": "no BTF"},
+                                                        "kernel": {"usable": True, "reason": "always"}}},
+     "kernel (chosen by the probe: always)"),
 ])
 def test_demo_says_which_datapath_ran(requested, info, said):
     from dockline.control.sim.demo import datapath_ran
