@@ -10,7 +10,7 @@ if os.environ.get("DOCKLINE_NO_EXTENSIONS") != "1":
 
     ext_modules = cythonize(
         [Extension("dockline.fastpath._vxlan_c", ["fastpath/_vxlan_c.pyx"]),
-         Extension("dockline.bench._loadgen", ["bench/_loadgen.pyx"])],
+         Extension("dockline.control.sim._loadgen", ["control/sim/_loadgen.pyx"])],
         language_level=3,
     )
 
@@ -24,6 +24,7 @@ setup(
         "dockline.control.nat",
         "dockline.control.services",
         "dockline.control.store",
+        "dockline.control.sim",
         "dockline.fastpath",
         "dockline.ebpf",
         "dockline.bench",
@@ -35,6 +36,7 @@ setup(
         "dockline.control.nat": "control/nat",
         "dockline.control.services": "control/services",
         "dockline.control.store": "control/store",
+        "dockline.control.sim": "control/sim",
         "dockline.fastpath": "fastpath",
         "dockline.ebpf": "ebpf",
         "dockline.bench": "bench",

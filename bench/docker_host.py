@@ -6,7 +6,7 @@
           |  docker0 (172.17.0.1/16), user bridges          docker0 and Docker's iptables rules
       containers                                             netns of each container's init process
 
-The same layout as :class:`bench.simhost.SimHost`, with Docker's engine in place of dockline's agent.
+The same layout as :class:`dockline.control.sim.simhost.SimHost`, with Docker's engine in place of dockline's agent.
 Nothing happens in the root network namespace: dockerd is started with ``nsenter --net=`` (not
 ``ip netns exec``, which remounts /sys in a private mount namespace, and with it the cgroup mounts
 under /sys/fs/cgroup vanish and dockerd fails). dockerd starts its own containerd as a child, so
@@ -22,7 +22,7 @@ everything under the state directory, deletes both namespaces and the state; it 
 or a mount was left behind. dockerd's log stays at ``<tmpdir>/dockerd.log``.
 
 The harness enters a container with ``nsenter --net=/proc/<pid>/ns/net`` (``run_container`` returns
-that path) or passes the path to ``bench.nstools`` helpers, which accept paths starting with "/".
+that path) or passes the path to ``dockline.control.sim.nstools`` helpers, which accept paths starting with "/".
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ import time
 
 from dockline.control.netlink import netns
 
-from .nstools import link_namespaces
-from .simhost import HOST_IP, OUTSIDE_IP
+from ..control.sim.nstools import link_namespaces
+from ..control.sim.simhost import HOST_IP, OUTSIDE_IP
 
 IMAGE = "dockline-bench/busybox"
 BUSYBOX = "/bin/busybox"
@@ -271,7 +271,7 @@ class DockerHost:
                       cmd: tuple[str, ...] = ("sleep", "1000000"), extra: tuple[str, ...] = (),
                       timeout: float = 600) -> dict:
         """``docker run -d`` a busybox container; returns its name, id, init PID, the path of its
-        netns (``/proc/<pid>/ns/net``, for nsenter --net= or bench.nstools) and its IP on
+        netns (``/proc/<pid>/ns/net``, for nsenter --net= or dockline.control.sim.nstools) and its IP on
         ``network``. Container names need at least two characters (Docker's rule)."""
         image = self.ensure_image()
         args = ["run", "-d", "--name", name, "--network", network]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import pathlib
 
-from .simhost import HOST_IP, OUTSIDE_IP
+from ..control.sim.simhost import HOST_IP, OUTSIDE_IP
 from .targets import (FILLER_BASE, PUBLISHED_CTR_PORT, PUBLISHED_HOST_PORT, DocklineTarget, Endpoints, Target,
                       pss_kib, rss_kib)
 

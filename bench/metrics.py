@@ -1,8 +1,8 @@
 """The measurements: each runs a server in one namespace and a client in another (``nsenter``),
 with client and server pinned to different CPUs, and returns a dict of numbers.
 
-Tools: iperf3 for TCP throughput; dockline's Cython load generators (bench/_loadgen.pyx via
-``python -m dockline.bench.loadgen``) for request/response, connect rate and small-packet rate.
+Tools: iperf3 for TCP throughput; dockline's Cython load generators (control/sim/_loadgen.pyx via
+``python -m dockline.control.sim.loadgen``) for request/response, connect rate and small-packet rate.
 CPU cost is the machine's busy CPU time (/proc/stat) during the run, per GB moved.
 """
 
@@ -27,7 +27,7 @@ UDP_PORT = 7003
 #: against 15-19k/s across CPUs over loopback, with a p99 near 1 ms).
 SERVER_CPU, CLIENT_CPU = "0", "1"
 SHARED_CPU = "1"
-LOADGEN = [sys.executable, "-m", "dockline.bench.loadgen"]
+LOADGEN = [sys.executable, "-m", "dockline.control.sim.loadgen"]
 
 
 def _in_ns(ns_path: str, argv: list[str], cpu: str | None = None) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..control.config import BPF_ROOT
 from ..control.netlink import netns
-from .simhost import HOST_IP, OUTSIDE_IP, SimHost
+from ..control.sim.simhost import HOST_IP, OUTSIDE_IP, SimHost
 
 #: Container port of the CRR server behind the published port, and the published host port.
 PUBLISHED_CTR_PORT = 7002
@@ -128,7 +128,7 @@ class LoopbackTarget(Target):
 
 
 class DocklineTarget(Target):
-    """A dockline agent with the given backend on a simulated host (bench/simhost.py)."""
+    """A dockline agent with the given backend on a simulated host (control/sim/simhost.py)."""
 
     kind = "candidate"
 

@@ -33,7 +33,7 @@ def cmd_daemon(a):
 
 
 def cmd_demo(a):
-    from ..bench.demo import run_demo
+    from .sim.demo import run_demo
     return run_demo(a.datapath)
 
 
@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_daemon, raw=True)
 
     d = sub.add_parser("demo", parents=[common], help="build a throwaway host and show it all working")
-    d.add_argument("--datapath", default="kernel")
+    d.add_argument("--datapath", default=os.environ.get("DOCKLINE_DATAPATH", "auto"),
+                   help="ebpf | kernel | auto: the probe's choice, as the daemon makes it (default: %(default)s)")
     d.set_defaults(func=cmd_demo, raw=True)
 
     b = sub.add_parser("bench", parents=[common], help="benchmark against docker0 and the loopback ceiling")
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rounds", type=int)
     b.add_argument("--duration", type=float, help="seconds per measurement")
     b.add_argument("--metric", action="append", help="only these metric ids (repeatable)")
-    b.add_argument("--datapath", action="append", help="candidate dockline backends (default: kernel)")
+    b.add_argument("--datapath", action="append",
+                   help="a candidate dockline backend (repeatable; default: every backend whose probe passes here)")
     b.add_argument("--baseline", default="auto", choices=("auto", "docker", "equivalent"),
                    help="docker0: real Docker if it answers (auto), required (docker), or the equivalent")
     b.add_argument("--check", metavar="BASELINE.json", help="fail if a ratio regressed against this file")

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from dockline.bench.simhost import SimHost
+from dockline.control.sim.simhost import SimHost
 
 #: Backends the end-to-end tests run on, with identical expectations (design.md §2: the kernel
 #: backend is the reference model). Later backends join this list.

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from dockline.bench.simhost import SimHost
+from dockline.control.sim.simhost import SimHost
 
 
 @pytest.fixture(scope="module")

@@ -175,10 +175,11 @@ def test_map_changes_apply_to_the_next_packet(maps, tc_fd):
 
 
 def test_repeat_runs_count_every_repetition(maps, tc_fd):
+    """Behaviour only; the per-packet cost is a benchmark
+    (bench/micro/test_datapath_cost.py::test_tc_from_endpoint_per_packet)."""
     standard(maps)
     pkt = frame()
     r = prog_test_run(tc_fd, pkt, repeat=1000)
     assert r.retval == harness.TC_ACT_REDIRECT and r.out == pkt
     assert maps.verdict(Verdict.REDIRECT_PEER) == (1000, 1000 * len(pkt))
-    assert 0 < r.duration_ns < 1_000_000
-    assert harness.bench(tc_fd, pkt, repeat=100) > 0
+    assert maps.moved_verdicts() == {"REDIRECT_PEER": (1000, 1000 * len(pkt))}

@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from dockline.bench.simhost import HOST_IP, OUTSIDE_IP, SimHost
+from dockline.control.sim.simhost import HOST_IP, OUTSIDE_IP, SimHost
 from dockline.control.model import mac_for_ip
 from dockline.control.netlink.netns import netns_path, run_in_netns
 

@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from dockline.bench.nstools import sh
+from dockline.control.sim.nstools import sh
 from dockline.control.errors import Conflict, Exhausted
 from dockline.control.netlink import netns
 

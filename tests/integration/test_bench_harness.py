@@ -11,25 +11,43 @@ import struct
 
 import pytest
 
-from dockline.bench import gate, report
+from dockline.bench import gate, report, targets
 from dockline.bench.main import run_bench
 from dockline.bench.runner import Run, Settings
 from dockline.bench.targets import DocklineTarget, LoopbackTarget
 from dockline.control.netlink import netns
+from dockline.control.sim.simhost import SimHost
 
 pytestmark = pytest.mark.root
 
 
 def tiny_run(tmp_path, metric_ids=("rr",), **kw):
-    targets = [DocklineTarget("kernel", name="docker0", kind="baseline", description="equivalent"),
-               DocklineTarget("kernel"), LoopbackTarget()]
-    return Run(targets, Settings(rounds=2, duration=0.5, metric_ids=metric_ids, **kw)).execute()
+    return Run(tiny_targets(), Settings(rounds=2, duration=0.5, metric_ids=metric_ids, **kw)).execute()
 
 
-def test_topologies_are_built_measured_and_removed(tmp_path):
-    before = set(netns.list_netns())
-    res = tiny_run(tmp_path, metric_ids=("rr", "crr_published_1", "udp_pps"))
-    assert set(netns.list_netns()) == before, "the run left namespaces behind"
+def tiny_targets():
+    return [DocklineTarget("kernel", name="docker0", kind="baseline", description="equivalent"),
+            DocklineTarget("kernel"), LoopbackTarget()]
+
+
+def test_topologies_are_built_measured_and_removed(tmp_path, monkeypatch):
+    # Only this run's namespaces are checked: other test sessions on the machine make and remove
+    # their own meanwhile, so a machine-wide before/after comparison would judge them too.
+    hosts = []
+
+    class RecordedSimHost(SimHost):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            hosts.append(self)
+
+    monkeypatch.setattr(targets, "SimHost", RecordedSimHost)
+    built = tiny_targets()
+    res = Run(built, Settings(rounds=2, duration=0.5, metric_ids=("rr", "crr_published_1", "udp_pps"))).execute()
+    loopback_ns = {t.ns for t in built if isinstance(t, LoopbackTarget)}
+    assert len(hosts) == 2 and len(loopback_ns) == 1
+    ours = {ns for ns in netns.list_netns() if ns in loopback_ns or any(
+        ns in (h.host_ns, h.out_ns) or ns.startswith(f"dl-{h.name}-") for h in hosts)}
+    assert not ours, f"the run left namespaces behind: {sorted(ours)}"
     for mid in ("rr", "crr_published_1", "udp_pps"):
         rec = res["metrics"][mid]
         assert not rec.get("errors"), rec.get("errors")

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from dockline.bench.nstools import Server, ping, request, sh
+from dockline.control.sim.nstools import Server, ping, request, sh
 
 pytestmark = pytest.mark.root
 

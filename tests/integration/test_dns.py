@@ -12,7 +12,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 from dnslib.server import BaseResolver, DNSServer
 
-from dockline.bench.nstools import sh
+from dockline.control.sim.nstools import sh
 from dockline.control.netlink.netns import netns_path, run_in_netns
 
 pytestmark = pytest.mark.root

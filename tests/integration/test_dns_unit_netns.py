@@ -238,31 +238,42 @@ def test_upstreams_tried_in_order(dns, topo):
     assert addrs(query(topo["ep"], "example.test")) == ["192.0.2.10"]
 
 
-def test_upstream_down_gives_servfail(dns, topo):
+#: For the two tests below, the resolver's upstream timeout is made much longer than TIMEOUT, so
+#: that what they check is an order of events or an answer at all, not a stopwatch reading: they
+#: hold on a loaded machine (no upper bound on elapsed time is asserted).
+LONG_UPSTREAM_TIMEOUT = 4.0
+
+
+def test_upstream_down_gives_servfail_without_waiting_out_the_timeout(dns, topo, monkeypatch):
+    """A refusing upstream (ICMP port unreachable) is a failure at once, not a timeout: the client
+    gives up long before the resolver's upstream timeout would end, and still gets SERVFAIL."""
+    monkeypatch.setattr(dns, "timeout", 60.0)
     dns.set_upstreams([f"{UPSTREAM_IP}:5300"])
-    t0 = time.monotonic()
-    assert query(topo["ep"], "example.test").header.rcode == RCODE.SERVFAIL
-    assert time.monotonic() - t0 < TIMEOUT + 1.0
+    assert query(topo["ep"], "example.test", timeout=10.0).header.rcode == RCODE.SERVFAIL
 
 
-def test_silent_upstream_times_out_to_servfail_without_blocking_others(dns, topo):
+def test_silent_upstream_times_out_to_servfail_without_blocking_others(dns, topo, monkeypatch):
+    """While one forward waits on an upstream that never answers, local names and other forwards
+    are answered (before it gives up); then it ends in SERVFAIL, having waited its timeout."""
+    monkeypatch.setattr(dns, "timeout", LONG_UPSTREAM_TIMEOUT)
     results = {}
 
     def slow():
         t0 = time.monotonic()
-        results["rcode"] = query(topo["ep"], "silent.test").header.rcode
+        results["rcode"] = query(topo["ep"], "silent.test", timeout=LONG_UPSTREAM_TIMEOUT + 20).header.rcode
         results["elapsed"] = time.monotonic() - t0
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.1)
-    t0 = time.monotonic()
+    while ("udp", "silent.test") not in topo["upstream"].queries and t.is_alive():   # forwarded, unanswered
+        time.sleep(0.01)
     assert addrs(query(topo["ep"], "web")) == ["10.1.0.5"]            # the loop is not blocked
     assert addrs(query(topo["ep"], "example.test")) == ["192.0.2.10"]  # nor are other forwards
-    assert time.monotonic() - t0 < TIMEOUT / 2
+    assert "rcode" not in results, "the silent forward ended before the others were answered"
     t.join()
     assert results["rcode"] == RCODE.SERVFAIL
-    assert TIMEOUT * 0.8 < results["elapsed"] < TIMEOUT + 1.0
+    # a lower bound only: the resolver did not give up early (load can only make this longer)
+    assert results["elapsed"] >= LONG_UPSTREAM_TIMEOUT * 0.8
 
 
 def test_internal_endpoint_does_not_forward(dns, topo):

@@ -14,8 +14,8 @@ import subprocess
 import pytest
 
 from dockline.bench.docker_host import DockerHost, pid_alive
-from dockline.bench.nstools import Server, request, sh
-from dockline.bench.simhost import HOST_IP, OUTSIDE_IP
+from dockline.control.sim.nstools import Server, request, sh
+from dockline.control.sim.simhost import HOST_IP, OUTSIDE_IP
 from dockline.control.netlink import netns
 
 pytestmark = pytest.mark.root

@@ -12,7 +12,7 @@ import signal
 
 import pytest
 
-from dockline.bench.nstools import Server, ping, request, sh
+from dockline.control.sim.nstools import Server, ping, request, sh
 
 pytestmark = pytest.mark.root
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dockline.bench.nstools import Server, ping, request
+from dockline.control.sim.nstools import Server, ping, request
 
 pytestmark = pytest.mark.root
 

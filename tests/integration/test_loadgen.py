@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from dockline.bench import loadgen
+from dockline.control.sim import loadgen
 from dockline.control.netlink.netns import ensure_netns, exists, remove_netns
 
 pytestmark = pytest.mark.root

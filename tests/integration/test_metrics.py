@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from dockline.bench.nstools import ping
-from dockline.bench.simhost import SimHost
+from dockline.control.sim.nstools import ping
+from dockline.control.sim.simhost import SimHost
 from dockline.control.netlink.netns import netns_path, run_in_netns
 
 pytestmark = pytest.mark.root

@@ -14,15 +14,15 @@ import time
 
 import pytest
 
-from dockline.bench.nstools import Server, open_stream, request
-from dockline.bench.simhost import DOCKLINE, HOST_IP, OUTSIDE_IP
+from dockline.control.sim.nstools import Server, open_stream, request
+from dockline.control.sim.simhost import DOCKLINE, HOST_IP, OUTSIDE_IP
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
 def nat_host(tmp_path):
-    from dockline.bench.simhost import SimHost
+    from dockline.control.sim.simhost import SimHost
     h = SimHost(tmp_path, datapath="ebpf", extra_args=["--ct-gc-interval", "0"])
     try:
         h.start_agent()
@@ -190,7 +190,7 @@ def test_rst_closes_the_flow_and_it_expires(nat_host):
 
 
 def test_kernel_backend_refuses_the_front_end(tmp_path):
-    from dockline.bench.simhost import SimHost
+    from dockline.control.sim.simhost import SimHost
     h = SimHost(tmp_path, datapath="kernel")
     try:
         h.start_agent()

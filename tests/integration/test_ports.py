@@ -10,8 +10,8 @@ web itself, and from a container on another network.
 
 import pytest
 
-from dockline.bench.nstools import Server, request
-from dockline.bench.simhost import HOST_IP, OUTSIDE_IP
+from dockline.control.sim.nstools import Server, request
+from dockline.control.sim.simhost import HOST_IP, OUTSIDE_IP
 
 pytestmark = pytest.mark.root
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from dockline.bench.nstools import Server, open_stream, ping, request, sh
-from dockline.bench.simhost import HOST_IP
+from dockline.control.sim.nstools import Server, open_stream, ping, request, sh
+from dockline.control.sim.simhost import HOST_IP
 from dockline.control.netlink import netns
 
 pytestmark = pytest.mark.root

@@ -223,3 +223,68 @@ def test_keyboard_interrupt_exits_130(fake):
     replies, _ = fake
     replies["ps"] = interrupted
     assert cli.main(["ps"]) == 130
+
+
+# ----------------------------------------------------------------------------- demo and bench defaults
+def test_demo_takes_the_probes_choice_unless_told(monkeypatch):
+    """`dockline demo` defaults to auto (the probe picks, as the daemon does); --datapath and
+    DOCKLINE_DATAPATH override it, and the choice reaches run_demo."""
+    from dockline.control.sim import demo
+    got = []
+    monkeypatch.setattr(demo, "run_demo", lambda datapath: got.append(datapath) or 0)
+    monkeypatch.delenv("DOCKLINE_DATAPATH", raising=False)
+    a = cli.build_parser().parse_args(["demo"])
+    assert a.datapath == "auto"
+    a.func(a)
+    a = cli.build_parser().parse_args(["demo", "--datapath", "kernel"])
+    a.func(a)
+    monkeypatch.setenv("DOCKLINE_DATAPATH", "ebpf")
+    a = cli.build_parser().parse_args(["demo"])
+    a.func(a)
+    assert got == ["auto", "kernel", "ebpf"]
+
+
+@pytest.mark.parametrize("requested, info, said", [
+    ("auto", {"datapath": {"name": "ebpf"}, "probe": {"ebpf": {"usable": True, "reason": "TC loads"}}},
+     "ebpf (chosen by the probe: TC loads)"),
+    ("auto", {"datapath": {"name": "kernel"}, "probe": {"kernel": {"usable": True, "reason": "always"}}},
+     "kernel (chosen by the probe: always)"),
+    ("kernel", {"datapath": {"name": "kernel"}, "probe": {}}, "kernel (requested)"),
+    ("auto", {"datapath": {"name": "kernel"}, "probe": {"ebpf": {"usable": True, "reason": "TC loads"},
+                                                        "kernel": {"usable": True, "reason": "always"}}},
+     "kernel (the probe chose ebpf, which failed to start: see the agent's log)"),
+    ("auto", {"datapath": {"name": "kernel"}, "probe": {"ebpf": {"usable": False, "reason": "no BTF"},
+                                                        "kernel": {"usable": True, "reason": "always"}}},
+     "kernel (chosen by the probe: always)"),
+])
+def test_demo_says_which_datapath_ran(requested, info, said):
+    from dockline.control.sim.demo import datapath_ran
+    assert datapath_ran(info, requested) == said
+
+
+def test_bench_help_and_code_agree_on_the_default_candidates(monkeypatch, capsys):
+    """Without --datapath the candidates are every backend whose probe passes, and --help says so."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: every backend whose probe passes here" in help_text
+    assert "default: kernel" not in help_text
+
+    from dockline.bench import main
+
+    class Stop(Exception):
+        pass
+
+    def default_targets(candidates, baseline):
+        raise Stop(candidates)
+
+    monkeypatch.setattr(main, "usable_candidates", lambda: ["ebpf", "kernel"])
+    monkeypatch.setattr(main, "default_targets", default_targets)
+    a = cli.build_parser().parse_args(["bench", "--out", "/nonexistent"])
+    with pytest.raises(Stop) as e:
+        a.func(a)
+    assert e.value.args[0] == ("ebpf", "kernel")
+    a = cli.build_parser().parse_args(["bench", "--datapath", "kernel"])
+    with pytest.raises(Stop) as e:
+        a.func(a)
+    assert e.value.args[0] == ("kernel",)

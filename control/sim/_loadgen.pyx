@@ -24,9 +24,10 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, nanosleep, timespec, tim
 from posix.uio cimport iovec
 from posix.unistd cimport close, usleep
 
-# bench/_sys.pxd is cimported by its source-tree path: the build runs from the repository root,
-# where `bench` is a package, while `dockline.bench` exists only after install (package_dir).
-from bench._sys cimport (AF_INET, IP_BIND_ADDRESS_NO_PORT, IPPROTO_IP, IPPROTO_TCP, MSG_DONTWAIT,
+# control/sim/_sys.pxd is cimported by its source-tree path: the build runs from the repository
+# root, where `control.sim` is a package, while `dockline.control.sim` exists only after install
+# (package_dir).
+from control.sim._sys cimport (AF_INET, IP_BIND_ADDRESS_NO_PORT, IPPROTO_IP, IPPROTO_TCP, MSG_DONTWAIT,
                          MSG_NOSIGNAL, MSG_TRUNC, MSG_WAITFORONE, SO_RCVBUF, SO_RCVBUFFORCE,
                          SO_RCVTIMEO, SO_REUSEADDR, SO_SNDBUF, SO_SNDBUFFORCE, SOCK_CLOEXEC,
                          SOCK_DGRAM, SOCK_STREAM, SOL_SOCKET, TCP_NODELAY, accept4, bind,

@@ -10,12 +10,26 @@ from dnslib import DNSRecord
 from rich.console import Console
 from rich.table import Table
 
-from ..control.netlink.netns import netns_path, run_in_netns
+from ..netlink.netns import netns_path, run_in_netns
 from .nstools import Server, ping, request
 from .simhost import HOST_IP, OUTSIDE_IP, SimHost
 
 
-def run_demo(datapath: str = "kernel") -> int:
+def datapath_ran(info: dict, requested: str) -> str:
+    """What ``dockline demo`` says about the datapath, from the agent's ``info``: the backend that
+    actually runs (an ``auto`` agent may also have fallen back to kernel at start) and why."""
+    name = info["datapath"]["name"]
+    probe = info.get("probe", {})       # ordered best first, as the agent chooses
+    if requested not in ("auto", ""):
+        return f"{name} (requested)"
+    best = next((b for b, r in probe.items() if r.get("usable")), name)
+    if best != name:
+        return f"{name} (the probe chose {best}, which failed to start: see the agent's log)"
+    return f"{name} (chosen by the probe: {probe.get(name, {}).get('reason', 'no reason given')})"
+
+
+def run_demo(datapath: str = "auto") -> int:
+    """``datapath``: a backend name, or ``auto`` for the probe's choice (as the daemon does)."""
     console = Console()
     results: list[tuple[str, str, bool]] = []
 
@@ -26,11 +40,13 @@ def run_demo(datapath: str = "kernel") -> int:
     with tempfile.TemporaryDirectory(prefix="dockline-demo-") as tmp:
         h = SimHost(pathlib.Path(tmp), datapath=datapath)
         servers = []
+        ran = f"{datapath} (the agent did not start)"
         try:
             with console.status("starting an agent in a fresh host namespace"):
                 h.start_agent()
+            ran = datapath_ran(h.call("info"), datapath)
             console.print(f"[bold]host[/] {h.host_ns} (uplink {HOST_IP}), outside {h.out_ns} ({OUTSIDE_IP}), "
-                          f"datapath {datapath}")
+                          f"datapath {ran}")
             with console.status("creating networks front, back and four endpoints"):
                 h.call("network_create", name="front")
                 h.call("network_create", name="back", subnet="10.90.0.0/24")
@@ -69,5 +85,6 @@ def run_demo(datapath: str = "kernel") -> int:
             with console.status("removing everything"):
                 h.cleanup()
         failed = [r for r in results if not r[2]]
-        console.print(f"[bold]{len(results) - len(failed)}/{len(results)} checks passed[/]; everything removed")
+        console.print(f"[bold]{len(results) - len(failed)}/{len(results)} checks passed[/] on datapath {ran}; "
+                      "everything removed")
         return 1 if failed else 0

@@ -3,7 +3,7 @@
 The packet loops live in the Cython module ``_loadgen`` (GIL released, no Python objects per
 packet); this module validates arguments, names the result keys and runs processes.
 
-Command line: ``python -m dockline.bench.loadgen <role> [--ip A] [--port N] [--duration S]
+Command line: ``python -m dockline.control.sim.loadgen <role> [--ip A] [--port N] [--duration S]
 [--size B] [--parallel K] [--bind A[:P]]``
 
   rr-server, crr-server   listen (on --bind, else --ip, else 0.0.0.0), print ``ready``, serve until
@@ -43,7 +43,7 @@ import time
 try:
     from . import _loadgen
 except ImportError as e:  # built by setup.py's cythonize list; DOCKLINE_NO_EXTENSIONS=1 skips it
-    raise ImportError(f"dockline.bench._loadgen is not built ({e}); "
+    raise ImportError(f"dockline.control.sim._loadgen is not built ({e}); "
                       "run `pip install --no-build-isolation -e .` in the repository") from e
 
 ROLES = ("rr-server", "rr-client", "crr-server", "crr-client", "udp-sink", "udp-flood")
@@ -125,7 +125,7 @@ def command(role: str, netns: str | None = None, **opts) -> list[str]:
     duration=, size=, parallel=, bind=); None values are left out."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-    argv = ns_prefix(netns) + [sys.executable, "-m", "dockline.bench.loadgen", role]
+    argv = ns_prefix(netns) + [sys.executable, "-m", "dockline.control.sim.loadgen", role]
     for key, value in opts.items():
         if value is not None:
             argv += [f"--{key}", str(value)]
@@ -234,7 +234,7 @@ def selftest(netns: str, duration: float = 1.0, ip: str = "127.0.0.1") -> dict:
 # Command line
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dockline.bench.loadgen",
+    p = argparse.ArgumentParser(prog="python -m dockline.control.sim.loadgen",
                                 description="Cython load generators: TCP RR, TCP CRR, UDP rate.")
     p.add_argument("role", choices=ROLES)
     p.add_argument("--ip", help="clients: server address (default 127.0.0.1); "
