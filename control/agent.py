@@ -133,7 +133,7 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
         serve(engine, host.metrics_addr)
     log.info("agent for host %s up (datapath %s, %d networks, %d endpoints)", host.name,
              engine.datapath.name, report["networks"], report["endpoints"])
-    if hasattr(engine.datapath, "gc_conntrack") and host.ct_gc_interval > 0:
+    if engine.datapath.nat_rules_supported and host.ct_gc_interval > 0:     # eBPF NAT: its conntrack
         _start_ct_gc(engine, host.ct_gc_interval)
 
     os.makedirs(os.path.dirname(host.socket_path), mode=0o755, exist_ok=True)

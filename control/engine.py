@@ -21,7 +21,8 @@ from . import ipam
 from .config import HostConfig, bridge_name, resolv_conf_dir, veth_name
 from .datapath import select_datapath
 from .datapath.base import DesiredState, LazyPorts, PortChanges
-from .errors import Conflict, DocklineError, InvalidArgument, NotFound
+from .datapath.drivers import DRIVERS, driver_class
+from .errors import Conflict, DocklineError, InvalidArgument, NotFound, NotSupported
 from .model import (BUILTIN_NETWORKS, DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Attachment, Endpoint,
                     Network, PortMapping, host_ips_collide, mac_for_ip, parse_gateway, parse_ip,
                     parse_ip_range, parse_mtu, parse_port_spec, parse_subnet, validate_name)
@@ -81,9 +82,9 @@ class Engine:
             except DocklineError as e:
                 if self.host.datapath not in ("auto", "") or self.datapath.name == "kernel":
                     raise
-                from .datapath.kernel import KernelDatapath
+                from .datapath import build_datapath
                 log.warning("datapath %s failed to start (%s); falling back to kernel", self.datapath.name, e)
-                self.datapath = KernelDatapath(self.host)
+                self.datapath = build_datapath("kernel", self.host)
                 self.datapath.setup_host()
             self._ensure_builtin_networks()
             report = self._reconcile()
@@ -109,9 +110,8 @@ class Engine:
                                            created=time.time()))
 
     def _host_routes(self):
-        from .netlink.links import host_routes
         try:
-            return host_routes(self.datapath.ipr)
+            return self.datapath.host_routes()
         except Exception:   # a datapath without netlink access (unit tests)
             return []
 
@@ -242,10 +242,15 @@ class Engine:
     # ================================================================ networks
     def network_create(self, name: str, driver: str = "bridge", subnet: str | None = None,
                        gateway: str | None = None, ip_range: str | None = None, internal: bool = False,
-                       mtu=1500) -> dict:
+                       mtu=1500, options: dict | None = None) -> dict:
         validate_name("network", name)
-        if driver != "bridge":
-            raise InvalidArgument(f"unknown driver {driver!r}: only bridge networks can be created")
+        # [macvlan] the driver object checks its name and options; datapath.validate_network
+        # checks the network against the host and the other networks (both change nothing)
+        drv = driver_class(driver)
+        if not drv.creatable:
+            raise InvalidArgument(f"driver {driver} networks cannot be created: choose from "
+                                  f"{', '.join(n for n, d in DRIVERS.items() if d.creatable)}")
+        options = drv.normalize_options(options or {})
         mtu = parse_mtu(mtu)
         with self._lock:
             with self.store.transaction() as tx:
@@ -260,13 +265,18 @@ class Engine:
                 else:
                     if gateway or ip_range:
                         raise InvalidArgument("--gateway and --ip-range need --subnet")
+                    if not drv.host_device:
+                        raise InvalidArgument(f"{driver} network {name} needs --subnet: the parent's segment "
+                                              f"is not ours to pick")
                     net_cidr = ipam.pick_subnet([t for t, _ in taken] + self._host_routes())
                 gw = parse_gateway(gateway, net_cidr) if gateway else net_cidr.network_address + 1
                 rng = parse_ip_range(ip_range, net_cidr) if ip_range else None
                 net_id = _new_id()
-                net = Network(id=net_id, name=name, driver="bridge", subnet=str(net_cidr), gateway=str(gw),
+                net = Network(id=net_id, name=name, driver=driver, subnet=str(net_cidr), gateway=str(gw),
                               ip_range=str(rng) if rng else "", internal=internal, mtu=mtu,
-                              bridge=bridge_name(net_id), created=time.time())
+                              bridge=bridge_name(net_id) if drv.host_device else "", created=time.time(),
+                              options=options)
+                self.datapath.validate_network(net, tx.networks())
                 tx.put_network(net)
                 tx.lease(net.id, net.gateway, ipam.GATEWAY_OWNER)
             try:
@@ -350,7 +360,10 @@ class Engine:
                             ep.mode = "none"
                     tx.put_endpoint(ep)
                     atts = []
-                    if net.driver == "bridge":
+                    if specs and not driver_class(net.driver).publishes_ports:     # [macvlan]
+                        raise NotSupported(f"-p cannot be used on {net.driver} network {net.name}: its "
+                                           f"traffic never crosses the host, so nothing can forward a host port")
+                    if driver_class(net.driver).attachable:
                         atts.append(self._attach_record(tx, net, ep, static_ip, aliases, index=0))
                         changes = PortChanges(atts[0].ip, self._publish_records(tx, ep, net, specs))
             specs = None            # thousands of tuples for a port range: not kept for the reply
@@ -519,11 +532,11 @@ class Engine:
             with self.store.transaction() as tx:
                 net = self._network(tx, network)
                 ep = self._endpoint(tx, endpoint)
-                if ep.mode in ("host", "container", "none") or net.driver != "bridge":
+                if ep.mode in ("host", "container", "none") or not driver_class(net.driver).attachable:
                     raise InvalidArgument(f"endpoint {ep.name} in {ep.mode} mode cannot be connected to "
                                           f"network {net.name}" if ep.mode != "bridge" else
-                                          f"network {net.name} is a {net.driver} network; only bridge networks "
-                                          f"can be connected")
+                                          f"network {net.name} is a {net.driver} network; only networks with "
+                                          f"interfaces of their own (bridge, macvlan) can be connected")
                 current = tx.attachments(ep_id=ep.id)
                 if any(a.network_id == net.id for a in current):
                     raise Conflict(f"endpoint {ep.name} is already connected to network {net.name}")
@@ -590,8 +603,9 @@ class Engine:
     # ================================================================ DNS
     # ================================================================ nat rules
     def _nat_backend(self):
-        if not hasattr(self.datapath, "apply_nat"):
-            raise InvalidArgument(f"nat rules need the ebpf datapath (this agent runs {self.datapath.name})")
+        if not self.datapath.nat_rules_supported:
+            raise NotSupported(f"nat rules need the ebpf datapath or eBPF NAT (this agent runs datapath "
+                               f"{self.datapath.name}): start it with --datapath ebpf or --datapath kernel+ebpfnat")
         return self.datapath
 
     def _nat_user_ruleset(self, text: str):
@@ -602,7 +616,7 @@ class Engine:
     def _nat_set(self, ruleset) -> dict:
         """Validate, compile and apply ``ruleset`` as the user's nat table; store it only if the
         datapath took it (a refused rule set changes nothing)."""
-        from .datapath.ebpf import MANAGED_CHAINS
+        from .nat.managed import MANAGED_CHAINS
         dp = self._nat_backend()
         for c in MANAGED_CHAINS:
             if c in ruleset.chains:
@@ -631,13 +645,13 @@ class Engine:
             self._nat_backend()
             user = self._nat_user_ruleset(self.state().nat_rules)
             if is_listing(argv):
-                from .datapath.ebpf import merged_ruleset, published_as_rules
+                from .nat.managed import merged_ruleset, published_as_rules
                 state = self.state()
                 rs, published = merged_ruleset(state, state.nat_rules)
                 rs.chains["DOCKLINE"] = published_as_rules(published)
                 _, out = apply(rs, argv)
                 return {"output": out}
-            from .datapath.ebpf import MANAGED_CHAINS
+            from .nat.managed import MANAGED_CHAINS
             for a in argv:
                 if a in MANAGED_CHAINS:
                     raise InvalidArgument(f"chain {a} is managed by dockline (published ports, masquerade): "
@@ -666,7 +680,7 @@ class Engine:
 
     def conntrack(self, limit: int = 1000) -> dict:
         dp = self._nat_backend()
-        return {"flows": dp.conntrack(limit), "table": dp.gc.pressure() if dp.gc else {}}
+        return {"flows": dp.conntrack(limit), "table": dp.ct_pressure()}
 
     def conntrack_gc(self) -> dict:
         with self._lock:

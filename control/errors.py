@@ -27,6 +27,13 @@ class InvalidArgument(DocklineError):
     kind = "invalid"
 
 
+class NotSupported(InvalidArgument):
+    """The request needs an ability this agent's datapath (or a network's driver) does not have;
+    the message names what is needed. Nothing was changed."""
+
+    kind = "not_supported"
+
+
 class NotFound(DocklineError):
     """A named network or endpoint does not exist."""
 
@@ -62,7 +69,7 @@ class AgentUnavailable(DocklineError):
     kind = "unavailable"
 
 
-_KINDS = {cls.kind: cls for cls in (DocklineError, InvalidArgument, NotFound, Conflict, Exhausted,
+_KINDS = {cls.kind: cls for cls in (DocklineError, InvalidArgument, NotSupported, NotFound, Conflict, Exhausted,
                                     DatapathError, AgentUnavailable)}
 
 
