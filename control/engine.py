@@ -247,6 +247,9 @@ class Engine:
         # [macvlan] the driver object checks its name and options; datapath.validate_network
         # checks the network against the host and the other networks (both change nothing)
         drv = driver_class(driver)
+        ok, why = drv.available()
+        if not ok:
+            raise NotSupported(f"driver {driver} is not available: {why}")
         if not drv.creatable:
             raise InvalidArgument(f"driver {driver} networks cannot be created: choose from "
                                   f"{', '.join(n for n, d in DRIVERS.items() if d.creatable)}")

@@ -85,7 +85,3 @@ class IpvlanDriver(NetworkDriver):
             ok, why = links.kind_supported(ipr, "ipvlan")
         return (False, why) if not ok else (False, "ipvlan networks are not implemented yet")
 
-    @classmethod
-    def normalize_options(cls, options):
-        ok, why = cls.available()
-        raise InvalidArgument(f"driver ipvlan is not available: {why}")
