@@ -41,7 +41,8 @@ def cmd_bench(a):
     from ..bench.main import run_bench
     return run_bench(a.out, quick=a.quick, rounds=a.rounds, duration=a.duration, metrics=a.metric,
                      candidates=a.datapath, baseline=a.baseline, check=a.check, tolerance=a.tolerance,
-                     write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json)
+                     write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json,
+                     macvlan=a.macvlan)
 
 
 def cmd_info(a, c):
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", metavar="BASELINE.json", help="fail if a ratio regressed against this file")
     b.add_argument("--tolerance", type=float, help="allowed fractional drop (default: the file's)")
     b.add_argument("--write-baseline", metavar="FILE", help="write this run's ratios as a gate baseline")
+    b.add_argument("--macvlan", action="store_true",
+                   help="add the macvlan row (P12): container to container on one parent, against Docker's own "
+                        "macvlan driver (real dockerd) and against the bridge path")
     b.add_argument("--inject-slowdown", type=float, default=0.0, metavar="FRACTION",
                    help="slow the candidates down for real (netem) to prove the gate catches it")
     b.set_defaults(func=cmd_bench, raw=True)
