@@ -41,6 +41,7 @@ CHECK_TABLES = {
 PINNED_MAPS = {
     "endpoints_by_ifindex": (U32, S.EndpointInfo),
     "endpoints_by_ip": (U32, S.IpEndpoint),
+    "guarded_endpoints": (U32, S.EndpointInfo),
     "local_subnets": (S.SubnetKey, U8),
     "verdicts": (U32, S.Counter),
     "endpoint_stats": (U32, S.EndpointStats),
