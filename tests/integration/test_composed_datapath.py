@@ -18,7 +18,7 @@ pytestmark = pytest.mark.root
 def combo(tmp_path):
     h = SimHost(tmp_path, datapath="kernel+ebpfnat")
     try:
-        h.start_agent(timeout=90)
+        h.start_agent(timeout=150)   # a fresh eBPF host compiles every program
         yield h
     finally:
         h.cleanup()

@@ -16,12 +16,25 @@ from dnslib import DNSRecord
 from pyroute2 import IPRoute
 
 from dockline.bench.nstools import Server, ping, request, sh
+from dockline.bench.simhost import SimHost
 from dockline.control.netlink.netns import netns_path, run_in_netns
 
 pytestmark = pytest.mark.root
 
 PARENT = "mvl0"
 INVALID, NOT_FOUND, CONFLICT = 2, 3, 4
+
+
+@pytest.fixture
+def host(tmp_path, datapath):
+    """The shared fixture's simulated host, with more time to start: a fresh eBPF host compiles
+    every program, which takes well over 30 s on this 2-CPU machine when other work runs."""
+    h = SimHost(tmp_path, datapath=datapath)
+    try:
+        h.start_agent(timeout=150)
+        yield h
+    finally:
+        h.cleanup()
 
 
 @pytest.fixture
