@@ -51,7 +51,8 @@ def cmd_info(a, c):
         return output.emit_json(info)
     output.kv({k: v for k, v in info.items() if k != "probe"})
     output.table(["DATAPATH", "USABLE", "REASON"],
-                 [[k, "yes" if v["usable"] else "no", v["reason"]] for k, v in info["probe"].items()])
+                 [[k, "not probed" if v["usable"] is None else "yes" if v["usable"] else "no", v["reason"]]
+                  for k, v in info["probe"].items()])
 
 
 def driver_options(a) -> dict:
