@@ -88,6 +88,58 @@ class DockerTarget(Target):
             owned_pids=lambda: set(self.dh.our_pids())))
 
 
+class DockerMacvlanTarget(Target):
+    """Docker's own macvlan driver (real dockerd, confined as for docker0): two containers of a
+    ``-d macvlan -o parent=mvl0`` network on one parent veth. Measured with the c2c metrics; the
+    macvlan candidates' ratios are taken against it (P12)."""
+
+    name = "docker-macvlan"
+    kind = "reference"
+
+    def __init__(self):
+        self.dh = None
+
+    def describe(self):
+        v = self.version if self.dh else "?"
+        return f"real Docker {v}, macvlan network (bridge mode) on a parent veth"
+
+    def build(self, tmpdir):
+        from .docker_host import DockerHost
+        from .targets import MACVLAN_PARENT, MACVLAN_SUBNET, add_macvlan_parent
+        self.dh = DockerHost(pathlib.Path(tmpdir) / "docker-macvlan")
+        add_macvlan_parent(self.dh.host_ns, self.dh.out_ns)
+        self.dh.start()
+        self.version = self.dh.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+        self.dh.ensure_image()
+        self.dh.create_network("mv", "-d", "macvlan", "-o", f"parent={MACVLAN_PARENT}", "-o", "macvlan_mode=bridge",
+                               "--subnet", MACVLAN_SUBNET)
+        self.srv = self.dh.run_container("srv", network="mv")
+        self.cli = self.dh.run_container("cli", network="mv")
+
+    def teardown(self):
+        if self.dh:
+            self.dh.cleanup(fast=True)
+            self.dh = None
+
+    def c2c(self):
+        return Endpoints(self.cli["netns_path"], self.srv["netns_path"], self.srv["ip"])
+
+
+def macvlan_targets(candidates, baseline: str = "auto") -> list[Target]:
+    """The macvlan row: Docker's macvlan driver when a Docker engine can run (``baseline``
+    "equivalent" never starts one) and a dockline macvlan target per candidate datapath."""
+    from .targets import MacvlanTarget
+    out: list[Target] = []
+    if baseline != "equivalent":
+        from .docker_host import DockerHost
+        ok, why = DockerHost.available()
+        if ok:
+            out.append(DockerMacvlanTarget())
+        else:
+            log.warning("macvlan row: no Docker engine (%s); ratios against the bridge path only", why)
+    return out + [MacvlanTarget(c) for c in candidates]
+
+
 def _pids_named(comm: str) -> list[int]:
     import os
     out = []

@@ -22,7 +22,7 @@ def usable_candidates() -> list[str]:
 def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration: float | None = None,
               metrics: list[str] | None = None, candidates: list[str] | None = None, baseline: str = "auto",
               check: str | None = None, tolerance: float | None = None, write_baseline: str | None = None,
-              inject_slowdown: float = 0.0, as_json: bool = False) -> int:
+              inject_slowdown: float = 0.0, as_json: bool = False, macvlan: bool = False) -> int:
     console = Console(stderr=True)
     unknown = sorted(set(metrics or ()) - set(known_metric_ids()))
     if unknown:   # a typo must not quietly measure nothing
@@ -32,7 +32,7 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
                         metric_ids=tuple(metrics or (QUICK_METRICS if quick else ())),
                         inject_slowdown=inject_slowdown)
     candidates = tuple(candidates or usable_candidates())
-    targets = default_targets(candidates, baseline)
+    targets = default_targets(candidates, baseline, macvlan=macvlan)
     results = Run(targets, settings, console).execute()
     outdir = Path(out)
     files = report.write(results, outdir)
@@ -54,7 +54,7 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
     failing = sorted({r["metric"] for r in rows if not r["ok"]})
     if failing:   # measure the regressed metrics again before failing anyone
         console.print(f"[yellow]below tolerance: {', '.join(failing)}; measuring them again[/]")
-        again = Run(default_targets(candidates, baseline),
+        again = Run(default_targets(candidates, baseline, macvlan=macvlan),
                     Settings(rounds=settings.rounds, duration=settings.duration, metric_ids=tuple(failing),
                              inject_slowdown=inject_slowdown), console).execute()
         rows2 = {(r["metric"], r["ratio"]): r for r in gate.compare(again, base, tolerance)}

@@ -64,7 +64,7 @@ def mappings_table(results: dict) -> list[str]:
     from .design import flatness
     t = results["targets"]
     base = next((n for n, d in t.items() if d["kind"] == "baseline"), None)
-    cands = [n for n, d in t.items() if d["kind"] == "candidate"]
+    cands = [n for n, d in t.items() if d["kind"] == "candidate" and not d.get("ratio_against")]
     sizes = sorted({n for pts in curve.values() for n, _ in pts})
     names = [n for n in t if n in curve]
     hdr = ["mappings"] + [f"{n} conn/s" for n in names] + [f"{c}/{base}" for c in cands] + \
@@ -93,6 +93,27 @@ def mappings_table(results: dict) -> list[str]:
             f = flatness(results, name, hi=mid)
             cells.append(_ratio_cell(f) if f else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def macvlan_table(results: dict) -> list[str]:
+    """The macvlan row (P12): each dockline macvlan target against the references it names
+    (Docker's macvlan driver, the bridge path of the same datapath), per c2c metric."""
+    rows = [(n, d["ratio_against"]) for n, d in results["targets"].items() if d.get("ratio_against")]
+    if not rows:
+        return []
+    lines = ["", "## macvlan, container to container on one parent (P12)", "",
+             "| metric | " + " | ".join(f"{n}/{ref}" for n, refs in rows for ref in refs) + " |",
+             "|---|" + "---|" * sum(len(refs) for _, refs in rows)]
+    for mid, rec in results["metrics"].items():
+        if rec.get("topology") != "c2c":
+            continue
+        cells = []
+        for n, refs in rows:
+            for ref in refs:
+                r = results["ratios"].get(mid, {}).get(f"{n}/{ref}")
+                cells.append(_ratio_cell(r) if r else "— (not measured)")
+        lines.append(f"| {rec['title']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -137,6 +158,7 @@ def markdown(results: dict) -> str:
                          else "")
         lines.append(f"| {rec['title']} | " + " | ".join(cells) + " |")
     lines += design_table(results)
+    lines += macvlan_table(results)
     lines += mappings_table(results)
     names = list(t)
     lines += ["", "## Absolute numbers (medians; they depend on this machine, compare only within a run)", "",

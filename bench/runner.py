@@ -89,9 +89,12 @@ class Settings:
     inject_slowdown: float = 0.0    # fault injection for proving the gate works
 
 
-def default_targets(candidates=("kernel",), baseline: str = "auto") -> list[Target]:
-    from .docker_target import docker_baseline
-    return [docker_baseline(baseline)] + [DocklineTarget(c) for c in candidates] + [LoopbackTarget()]
+def default_targets(candidates=("kernel",), baseline: str = "auto", macvlan: bool = False) -> list[Target]:
+    """docker0, the candidates, the loopback ceiling; with ``macvlan`` the macvlan row too
+    (Docker's macvlan driver and a dockline macvlan network per candidate, c2c metrics)."""
+    from .docker_target import docker_baseline, macvlan_targets
+    extra = macvlan_targets(candidates, baseline) if macvlan else []
+    return [docker_baseline(baseline)] + [DocklineTarget(c) for c in candidates] + extra + [LoopbackTarget()]
 
 
 def machine_info() -> dict:
@@ -150,7 +153,9 @@ class Run:
                     progress.update(task, description=f"building {t.name}")
                     built.append(t)   # before build(): a half-built target is torn down too
                     t.build(tmp)
-                    self.results["targets"][t.name] = {"kind": t.kind, "description": t.describe()}
+                    self.results["targets"][t.name] = {"kind": t.kind, "description": t.describe(),
+                                                       **({"ratio_against": list(t.ratio_against)}
+                                                          if t.ratio_against else {})}
                     progress.advance(task)
                 if self.settings.publish_cost_ports and (
                         not self.settings.metric_ids or "publish_cost" in self.settings.metric_ids):
@@ -249,6 +254,11 @@ class Run:
             for t in self.targets:
                 if t.kind != "candidate":
                     continue
+                if t.ratio_against:     # a row of its own (macvlan): against its references only
+                    for ref in t.ratio_against:
+                        if rec["values"].get(ref) and rec["values"].get(t.name):
+                            out[f"{t.name}/{ref}"] = paired_ratios(m, rec["values"], ref, t.name)
+                    continue
                 if base and rec["values"].get(base):
                     out[f"{t.name}/{base}"] = paired_ratios(m, rec["values"], base, t.name)
                 elif t.name != "kernel" and rec["values"].get("kernel"):
@@ -266,5 +276,5 @@ class Run:
         loses about ``fraction`` of its rate."""
         from .faults import inject_delay
         for t in self.targets:
-            if t.kind == "candidate":
+            if t.kind == "candidate" and not t.ratio_against:     # not the macvlan row: no host veth
                 inject_delay(t, fraction, self.results)

@@ -9,6 +9,9 @@ address does the client dial" (``Endpoints``). Namespaces are given as paths usa
     published  outside netns ──uplink──► host:PORT ──DNAT──► container  (P3)
     egress     client container ──masquerade──► outside netns           (egress throughput)
     loopback   one netns, 127.0.0.1                                    (the physical ceiling)
+    macvlan    client container ──macvlan (bridge mode) on one parent──► server container
+               (MacvlanTarget; c2c only: its ratios are against ``ratio_against``, Docker's own
+               macvlan driver and the bridge path of the same datapath)
 """
 
 from __future__ import annotations
@@ -81,7 +84,9 @@ def bpf_maps_kib(pin_dir: str) -> int:
 
 class Target(abc.ABC):
     name = "abstract"
-    kind = "abstract"       # "baseline", "candidate" or "ceiling"
+    kind = "abstract"       # "baseline", "candidate", "ceiling" or "reference" (a baseline of some rows)
+    #: names of the targets this candidate's ratios are taken against, instead of the baseline
+    ratio_against: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return self.name
@@ -224,3 +229,50 @@ class DocklineTarget(Target):
                 veth = self.host.call("inspect", ref=e["name"])["networks"]["bench"]["host_ifname"]
                 out.append((netns.netns_path(self.host.host_ns), veth))
         return out
+
+
+#: The macvlan topology: a parent veth in the host netns (its peer in the outside netns gives it a
+#: carrier) and a subnet on its segment.
+MACVLAN_PARENT = "mvl0"
+MACVLAN_SUBNET = "10.91.0.0/24"
+
+
+def add_macvlan_parent(host_ns: str, out_ns: str, name: str = MACVLAN_PARENT) -> None:
+    """The parent veth ``name`` in ``host_ns``, its peer in ``out_ns``, both up, no address."""
+    from pyroute2 import IPRoute
+    with IPRoute(netns=host_ns) as ipr:
+        ipr.link("add", ifname=name, kind="veth", peer={"ifname": name + "x", "net_ns_fd": out_ns})
+        ipr.link("set", index=ipr.link_lookup(ifname=name)[0], state="up")
+    with IPRoute(netns=out_ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=name + "x")[0], state="up")
+
+
+class MacvlanTarget(DocklineTarget):
+    """Two endpoints of a dockline macvlan network on one parent of a simulated host (P12)."""
+
+    def __init__(self, datapath: str = "kernel", bridge_target: str | None = None):
+        super().__init__(datapath, name=f"macvlan-{datapath}",
+                         description=f"dockline macvlan network (bridge mode), {datapath} datapath")
+        self.ratio_against = ("docker-macvlan", bridge_target or datapath)
+
+    def build(self, tmpdir):
+        self.host = SimHost(pathlib.Path(tmpdir) / self.name, datapath=self.datapath)
+        add_macvlan_parent(self.host.host_ns, self.host.out_ns)
+        self.host.start_agent()
+        self.host.call("network_create", name="bench", driver="macvlan", subnet=MACVLAN_SUBNET,
+                       options={"parent": MACVLAN_PARENT, "macvlan_mode": "bridge"})
+        self.host.call("endpoint_create", name="srv", network="bench")
+        self.host.call("endpoint_create", name="cli", network="bench")
+        self.srv_ip = self.host.call("inspect", ref="srv")["networks"]["bench"]["ip"]
+
+    def egress(self):
+        return None          # nothing is masqueraded on macvlan
+
+    def published(self, mappings):
+        return None          # -p is refused on macvlan
+
+    def publish_cost(self, n):
+        return None
+
+    def server_veths(self):
+        raise NotImplementedError("macvlan endpoints have no host-side veth")

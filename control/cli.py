@@ -12,7 +12,7 @@ import sys
 from . import __version__, output
 from .client import Client
 from .config import DEFAULT_HOST, HostConfig
-from .errors import DocklineError
+from .errors import DocklineError, InvalidArgument
 
 
 def _short(i: str) -> str:
@@ -41,7 +41,8 @@ def cmd_bench(a):
     from ..bench.main import run_bench
     return run_bench(a.out, quick=a.quick, rounds=a.rounds, duration=a.duration, metrics=a.metric,
                      candidates=a.datapath, baseline=a.baseline, check=a.check, tolerance=a.tolerance,
-                     write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json)
+                     write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json,
+                     macvlan=a.macvlan)
 
 
 def cmd_info(a, c):
@@ -50,12 +51,30 @@ def cmd_info(a, c):
         return output.emit_json(info)
     output.kv({k: v for k, v in info.items() if k != "probe"})
     output.table(["DATAPATH", "USABLE", "REASON"],
-                 [[k, "yes" if v["usable"] else "no", v["reason"]] for k, v in info["probe"].items()])
+                 [[k, "not probed" if v["usable"] is None else "yes" if v["usable"] else "no", v["reason"]]
+                  for k, v in info["probe"].items()])
+
+
+def driver_options(a) -> dict:
+    """``-o KEY=VALUE`` (Docker's spelling) merged with the named flags (--parent,
+    --macvlan-mode), which win; a malformed -o is a one-line error."""
+    opts = {}
+    for o in a.opt or []:
+        key, sep, value = o.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"invalid driver option {o!r}: use -o KEY=VALUE (e.g. -o parent=eth1)")
+        opts[key] = value
+    if a.parent:
+        opts["parent"] = a.parent
+    if a.macvlan_mode:
+        opts["macvlan_mode"] = a.macvlan_mode
+    return opts
 
 
 def cmd_network_create(a, c):
+    extra = {"options": opts} if (opts := driver_options(a)) else {}
     net = c.call("network_create", name=a.name, driver=a.driver, subnet=a.subnet, gateway=a.gateway,
-                 ip_range=a.ip_range, internal=a.internal, mtu=a.mtu)
+                 ip_range=a.ip_range, internal=a.internal, mtu=a.mtu, **extra)
     output.emit_json(net) if a.json else print(net["id"])
 
 
@@ -275,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("daemon", parents=[common], help="run the agent for a host")
     d.add_argument("--host-netns", help="the host is this network namespace (tests, simulations)")
     d.add_argument("--datapath", default=os.environ.get("DOCKLINE_DATAPATH", "auto"),
-                   help="ebpf | kernel | auto (default: %(default)s)")
+                   help="ebpf (eBPF forwarding + eBPF NAT) | kernel (Linux bridge + iptables NAT) | "
+                        "kernel+ebpfnat (Linux bridge forwarding + eBPF NAT) | auto: the first of ebpf, "
+                        "kernel whose probe passes (default: %(default)s). A requested datapath probes only "
+                        "itself")
     d.add_argument("--dns-upstream", action="append", metavar="IP[:PORT]",
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
     d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP (early drops, NAT into endpoints) to this uplink even where the probe would keep it at TC (veth); its senders must not use checksum offload")
@@ -306,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", metavar="BASELINE.json", help="fail if a ratio regressed against this file")
     b.add_argument("--tolerance", type=float, help="allowed fractional drop (default: the file's)")
     b.add_argument("--write-baseline", metavar="FILE", help="write this run's ratios as a gate baseline")
+    b.add_argument("--macvlan", action="store_true",
+                   help="add the macvlan row (P12): container to container on one parent, against Docker's own "
+                        "macvlan driver (real dockerd) and against the bridge path")
     b.add_argument("--inject-slowdown", type=float, default=0.0, metavar="FRACTION",
                    help="slow the candidates down for real (netem) to prove the gate catches it")
     b.set_defaults(func=cmd_bench, raw=True)
@@ -316,7 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     ns = net.add_subparsers(dest="netcmd", required=True, metavar="COMMAND")
     c = ns.add_parser("create", parents=[common], help="create a network")
     c.add_argument("name")
-    c.add_argument("-d", "--driver", default="bridge")
+    c.add_argument("-d", "--driver", default="bridge", help="bridge (default) | macvlan")
+    c.add_argument("--parent", metavar="IFACE", help="macvlan: the host interface endpoints hang off")
+    c.add_argument("--macvlan-mode", choices=("bridge", "private", "vepa", "passthru"),
+                   help="macvlan: how sub-interfaces of one parent reach each other (default: bridge)")
+    c.add_argument("-o", "--opt", action="append", metavar="KEY=VALUE",
+                   help="driver option, as Docker spells them (parent=IFACE, macvlan_mode=MODE)")
     c.add_argument("--subnet")
     c.add_argument("--gateway")
     c.add_argument("--ip-range")

@@ -28,7 +28,8 @@ class InvalidArgument(DocklineError):
 
 
 class NotSupported(InvalidArgument):
-    """The request needs an ability this host's datapath does not have (the message names it)."""
+    """The request needs an ability this agent's datapath (or a network's driver) does not have;
+    the message names what is needed. Nothing was changed."""
 
     kind = "not_supported"
 

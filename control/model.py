@@ -38,16 +38,20 @@ class Network:
 
     id: str
     name: str
-    driver: str                 # "bridge" (real) or "host"/"null" (the built-in pseudo networks)
+    driver: str                 # a name in datapath.drivers.DRIVERS: "bridge", "macvlan", or
+                                # "host"/"null" (the built-in pseudo networks)
     subnet: str = ""            # canonical CIDR, e.g. "10.89.0.0/24"
     gateway: str = ""           # address of the bridge, inside subnet
     ip_range: str = ""          # sub-CIDR that dynamic allocation draws from ("" = whole subnet)
     internal: bool = False      # no egress masquerade, no traffic to or from other networks/outside
     mtu: int = 1500
-    bridge: str = ""            # host-side bridge device name (<= 15 chars)
+    bridge: str = ""            # host-side bridge device name (<= 15 chars; "" when the driver has none)
     builtin: bool = False       # created by the agent; cannot be removed
     dns: bool = True            # embedded DNS by name; Docker's default bridge has none
     created: float = 0.0
+    # the driver's own settings, canonical (macvlan: {"parent": IFACE, "macvlan_mode": MODE});
+    # records stored before drivers had options load with {}
+    options: dict = field(default_factory=dict)
 
     @property
     def is_pseudo(self) -> bool:

@@ -128,3 +128,20 @@ int tc_to_endpoint(struct __sk_buff *skb)
 	count_verdict(code, skb->len);
 	return action;
 }
+
+/* TC egress of a macvlan endpoint's own interface, inside its netns: every frame it sends (the
+ * macvlan driver switches frames between sub-interfaces of one parent without passing any
+ * host-side hook, so this is the only place to judge them). Step 1 only, anti-spoofing against
+ * guarded_endpoints, and the verdict counted by reason; no NAT (the frames leave by the parent,
+ * not through the host stack) and no forwarding decision (the macvlan driver's). */
+int tc_guard_endpoint(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex, code;
+	struct endpoint_info *self = guarded_endpoints.lookup(&ifindex);
+
+	code = self ? endpoint_checks(skb, self) : DROP_UNKNOWN_ENDPOINT;
+	if (code < DROP_BASE)
+		code = VERDICT_PASS;
+	count_verdict(code, skb->len);
+	return code >= DROP_BASE ? TC_ACT_SHOT : TC_ACT_OK;
+}

@@ -1,13 +1,29 @@
-"""The contract every datapath backend implements, and the desired-state snapshot it is given."""
+"""A host's datapath, composed of parts, and the desired-state snapshot it is given.
+
+    Datapath (the facade the engine calls)
+      ├─ network drivers (drivers/): bridge, macvlan ... by Network.driver: devices, links
+      ├─ forwarding engine: kernel (the bridge forwards) or ebpf (TC programs, redirect_peer)
+      ├─ NAT engine: iptables (Docker's DNAT/MASQUERADE) or ebpf (compiled rules, conntrack)
+      └─ the host's DOCKLINE-* iptables chains (filter rules on every datapath; nat rules with
+         iptables NAT) and, when an eBPF part is chosen, the loaded programs and pinned maps
+         (ebpf.EbpfRuntime) that both eBPF parts use.
+
+Every ability is declared here; what a part cannot do raises NotSupported naming what is needed.
+"""
 
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..errors import NotSupported
 from ..model import Attachment, Endpoint, Network, PortMapping
+from .drivers import DRIVERS, driver_class
+
+log = logging.getLogger("dockline.datapath")
 
 
 class LazyPorts(Sequence):
@@ -110,99 +126,258 @@ class DesiredState:
         cache = self.__dict__.setdefault("_targets", {})
         if pm.endpoint_id not in cache:
             cache[pm.endpoint_id] = next((a for a in self.attachments_of(pm.endpoint_id)
-                                          if not self.network(a.network_id).internal), None)
+                                          if not self.network(a.network_id).internal
+                                          and driver_class(self.network(a.network_id).driver).publishes_ports),
+                                         None)
         return cache[pm.endpoint_id]
 
 
-class Datapath(abc.ABC):
-    """A way of moving packets for the networks in the store.
-
-    Every method is idempotent: the agent calls them again at start (reconcile) and after a
-    failure midway. ``host`` is the agent's HostConfig.
-    """
+class ForwardingEngine(abc.ABC):
+    """How frames move between the endpoints of one network and between networks."""
 
     name = "abstract"
+    fast_path = False           # True: the endpoint programs deliver same-network frames themselves
+    needs_bpf = False           # True: needs the eBPF runtime (programs and maps)
+    needs_nat: str | None = None  # a NAT engine this one cannot work without (by name)
+
+    @staticmethod
+    @abc.abstractmethod
+    def probe() -> tuple[bool, str]:
+        """(usable, one-line reason)."""
+
+    def info(self) -> dict:
+        return {}
+
+
+def _nat_needed(what: str, engine: str) -> NotSupported:
+    return NotSupported(f"{what} needs the ebpf datapath or eBPF NAT (this agent runs {engine} NAT): start "
+                        f"the agent with --datapath ebpf or --datapath kernel+ebpfnat")
+
+
+class NatEngine(abc.ABC):
+    """Published ports, masquerade, the user's nat rules and conntrack. The defaults are an
+    engine without any of it beyond what iptables rules render."""
+
+    name = "abstract"
+    renders_iptables_nat = False    # True: the nat rules are iptables', rendered with the chains
+    needs_bpf = False
+    xdp_redirects = False           # True: XDP on an uplink redirects into endpoint veths (they need GRO)
 
     def __init__(self, host):
         self.host = host
 
-    @classmethod
+    @staticmethod
     @abc.abstractmethod
-    def probe(cls) -> tuple[bool, str]:
+    def probe() -> tuple[bool, str]:
         """(usable, one-line reason)."""
 
-    @abc.abstractmethod
-    def setup_host(self) -> None:
-        """Host-wide prerequisites (forwarding sysctls, base chains)."""
+    def setup_host(self, dp) -> None: ...
 
-    def validate_network(self, net: Network, networks: list[Network]) -> None:
-        """Refuse (with a one-line DocklineError, changing nothing) a network about to be created
-        that this datapath cannot build next to ``networks``. Bridge networks need nothing."""
+    def teardown_host(self, dp) -> None: ...
+
+    def net_flags(self, net: Network) -> int:
+        """Flags this engine wants in the network's net_info entry (eBPF runtime only)."""
+        return 0
+
+    def sync(self, dp, state: DesiredState, changes: PortChanges | None) -> None:
+        """Make translation match ``state`` (iptables NAT: done with the chains)."""
+
+    def remove_orphans(self, dp, state: DesiredState) -> list[str]:
+        return []
+
+    def forget_endpoint(self, att: Attachment) -> int:
+        """Drop the translation state of ``att``'s flows (it leaves); returns how many entries."""
+        return 0
+
+    @property
+    def nat_rules_supported(self) -> bool:
+        return False
+
+    def check_nat(self, state: DesiredState) -> None:
+        raise _nat_needed("nat rules", self.name)
+
+    def apply_nat(self, state: DesiredState) -> dict:
+        raise _nat_needed("nat rules", self.name)
+
+    def conntrack(self, limit: int) -> list[dict]:
+        raise _nat_needed("the conntrack view", self.name)
+
+    def gc_conntrack(self) -> dict:
+        raise _nat_needed("conntrack GC", self.name)
+
+    def ct_pressure(self) -> dict:
+        raise _nat_needed("conntrack pressure", self.name)
+
+    def info(self) -> dict:
+        return {}
+
+    def stats(self, state: DesiredState) -> dict:
+        return {}
+
+
+class Datapath:
+    """A host's datapath: the drivers of its networks, a forwarding engine and a NAT engine.
+
+    Every method is idempotent: the agent calls them again at start (reconcile) and after a
+    failure midway. ``host`` is the agent's HostConfig; ``name`` is what ``--datapath`` called it.
+    """
+
+    def __init__(self, host, forwarding: ForwardingEngine, nat: NatEngine, name: str = ""):
+        from pyroute2 import IPRoute
+
+        from .kernel import IptablesChains
+        if forwarding.needs_nat and forwarding.needs_nat != nat.name:
+            raise NotSupported(f"{forwarding.name} forwarding needs {forwarding.needs_nat} NAT "
+                               f"(its endpoint program translates in place)")
+        self.host = host
+        self.forwarding, self.nat = forwarding, nat
+        self.name = name or f"{forwarding.name}+{nat.name}nat"
+        self.ipr = IPRoute()            # the host netns (the agent's)
+        self.chains = IptablesChains()
+        self.drivers = {n: cls(self) for n, cls in DRIVERS.items()}
+        self.bpf = None                 # ebpf.EbpfRuntime when a part needs it (made by setup_host)
+        self._wants_bpf = forwarding.needs_bpf or nat.needs_bpf
+
+    def driver(self, net: Network):
+        driver_class(net.driver)        # unknown: one-line InvalidArgument
+        return self.drivers[net.driver]
+
+    # ---------------------------------------------------------------- host
+    def setup_host(self) -> None:
+        """Host-wide prerequisites (forwarding sysctls, base chains, programs and maps)."""
+        from ..netlink import links
+        links.write_sysctl("net.ipv4.ip_forward", "1")
+        self.chains.setup_host()
+        if self._wants_bpf:
+            if self.bpf is None:
+                from .ebpf import EbpfRuntime
+                self.bpf = EbpfRuntime(self.host, self.ipr)
+            self.bpf.setup()
+        self.nat.setup_host(self)
+
+    def teardown_host(self) -> None:
+        """Remove every host-wide object of ours (used by ``dockline system reset``)."""
+        self.nat.teardown_host(self)
+        if self.bpf is not None:
+            self.bpf.teardown()
+        self.chains.teardown_host()
+        if self.bpf is not None:
+            self.bpf.remove_pins()
 
     def host_routes(self) -> list:
-        """The host's IPv4 route prefixes (automatic subnets must not overlap them)."""
+        """The host's IPv4 route prefixes (automatic subnets avoid them, as Docker does)."""
         from ..netlink.links import host_routes
         return host_routes(self.ipr)
 
-    @abc.abstractmethod
-    def ensure_network(self, net: Network) -> None: ...
+    # ---------------------------------------------------------------- networks
+    def validate_network(self, net: Network, networks: list[Network]) -> None:
+        """Driver checks of ``net``, about to be created (``networks``: the existing ones): a
+        one-line InvalidArgument/NotFound/Conflict, and nothing changed."""
+        cls = driver_class(net.driver)
+        ok, why = cls.available()
+        if not ok:
+            raise NotSupported(f"driver {net.driver} is not available: {why}")
+        self.drivers[net.driver].validate_network(net, networks)
 
-    @abc.abstractmethod
-    def remove_network(self, net: Network) -> None: ...
+    def ensure_network(self, net: Network) -> None:
+        drv = self.driver(net)
+        drv.ensure_network(net)
+        self._sync_net_info(net)
 
-    @abc.abstractmethod
+    def _sync_net_info(self, net: Network) -> None:
+        if self.bpf is not None and self.driver(net).host_device:
+            from . import bpf_structs as S
+            flags = (0 if self.forwarding.fast_path else S.NET_F_KERNEL_FWD) | self.nat.net_flags(net)
+            self.bpf.ensure_net_info(net, flags)
+
+    def remove_network(self, net: Network) -> None:
+        if self.bpf is not None:
+            self.bpf.remove_net_info(net)
+        self.driver(net).remove_network(net)
+
+    # ---------------------------------------------------------------- endpoints
     def ensure_attachment(self, net: Network, ep: Endpoint, att: Attachment, primary: bool) -> None:
         """Connect ``ep`` to ``net`` with ``att``'s address; ``primary`` gets the default route."""
+        joined = self.driver(net).ensure_attachment(net, ep, att, primary)
+        if self.bpf is None:
+            return
+        if joined.host_ifindex is not None:
+            self._sync_net_info(net)     # the bridge MAC may have changed when its first port joined
+            self.bpf.attach_port(net, ep, att, joined.host_ifindex, gro=self.nat.xdp_redirects)
+        elif joined.inside_ifindex is not None:
+            self.bpf.guard_inside(net, ep, att, joined.inside_ifindex)
 
-    @abc.abstractmethod
-    def remove_attachment(self, net: Network, ep: Endpoint, att: Attachment) -> None: ...
+    def remove_attachment(self, net: Network, ep: Endpoint, att: Attachment) -> None:
+        flushed = self.nat.forget_endpoint(att)
+        if flushed:
+            log.info("endpoint %s left %s: %d conntrack entries of its flows removed", ep.name, net.name, flushed)
+        if self.bpf is not None:
+            self.bpf.detach(net, ep, att, guarded=not self.driver(net).host_device)
+        self.driver(net).remove_attachment(net, ep, att)
 
-    @abc.abstractmethod
+    # ---------------------------------------------------------------- policy
     def sync_policy(self, state: DesiredState, changes: PortChanges | None = None) -> None:
         """Make NAT (published ports, masquerade) and isolation match ``state`` as a whole.
         ``changes``, when given, is exactly what this operation changed in the published ports
         since the previous call (a hint: the result must be the same without it)."""
+        self.chains.sync(state, with_nat=self.nat.renders_iptables_nat)
+        self.nat.sync(self, state, changes)
 
-    @abc.abstractmethod
+    # ---------------------------------------------------------------- reconcile
     def remove_orphans(self, state: DesiredState) -> list[str]:
         """Delete kernel objects of ours that ``state`` does not mention; return their names."""
+        from ..netlink import links
+        want, prefixes = set(), ()
+        for drv in self.drivers.values():
+            want |= drv.wanted_host_links(state)
+            prefixes += drv.host_prefixes
+        removed = []
+        for name in links.host_links(self.ipr, prefixes):
+            if name not in want:
+                links.remove_link(self.ipr, name)
+                removed.append(name)
+        if self.bpf is not None:
+            removed += self.bpf.remove_orphans(state)
+        removed += self.nat.remove_orphans(self, state)
+        return removed
 
-    @abc.abstractmethod
-    def teardown_host(self) -> None:
-        """Remove every host-wide object of ours (used by ``dockline system reset``)."""
-
+    # ---------------------------------------------------------------- observability
     def info(self) -> dict:
-        return {"name": self.name}
+        d = {"name": self.name, "forwarding_engine": self.forwarding.name, "nat_engine": self.nat.name}
+        d.update(self.forwarding.info())
+        d.update(self.nat.info())
+        if self.bpf is not None:
+            d.update(self.bpf.info())
+        return d
 
-    def stats(self, state: DesiredState) -> dict:
-        """Counters of this datapath (verdicts, endpoints, NAT, conntrack: what it has)."""
-        return {"datapath": self.name}
+    def stats(self, state: DesiredState | None = None) -> dict:
+        """Counters: iptables rule counters where the kernel forwards or translates; verdicts per
+        reason and per endpoint, NAT counters and conntrack where eBPF runs."""
+        d = {"datapath": self.name}
+        if not self.forwarding.fast_path:
+            d["forward_rules"] = self.chains.counters()
+        if self.bpf is not None:
+            d.update(self.bpf.stats(state))
+        d.update(self.nat.stats(state))
+        return d
 
     # ---------------------------------------------------------------- NAT abilities
-    # Declared here for every datapath; one whose NAT engine lacks them says so by name.
     @property
     def nat_rules_supported(self) -> bool:
-        """Whether ``dockline iptables -t nat`` / ``nat import`` rules can be applied."""
-        return False
-
-    def _no_nat(self, what: str):
-        from ..errors import NotSupported
-        raise NotSupported(f"{what}: needs the ebpf NAT engine (this agent runs {self.name})")
+        return self.nat.nat_rules_supported
 
     def check_nat(self, state: DesiredState) -> None:
-        """Raise if ``state.nat_rules`` cannot be applied, changing nothing."""
-        self._no_nat("nat rules")
+        """Raise InvalidArgument if the rules in ``state`` do not compile (nothing is written)."""
+        self.nat.check_nat(state)
 
     def apply_nat(self, state: DesiredState) -> dict:
-        """Apply ``state.nat_rules`` with the control plane's own chains; returns a summary."""
-        self._no_nat("nat rules")
+        return self.nat.apply_nat(state)
 
     def conntrack(self, limit: int = 1000) -> list[dict]:
-        self._no_nat("the conntrack table")
+        return self.nat.conntrack(limit)
 
     def gc_conntrack(self) -> dict:
-        self._no_nat("conntrack GC")
+        return self.nat.gc_conntrack()
 
     def ct_pressure(self) -> dict:
-        """Conntrack entries, capacity and pressure ({} where there is no table)."""
-        return {}
+        return self.nat.ct_pressure()

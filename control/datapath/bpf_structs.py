@@ -98,6 +98,7 @@ class NetInfo(ctypes.Structure):
 
 #: net_info.flags (structs.h NET_F_*)
 NET_F_BRIDGED_NAT = 0x0001
+NET_F_KERNEL_FWD = 0x0002        # the kernel forwards the network's frames (kernel forwarding + eBPF NAT)
 
 
 # ---- NAT and conntrack

@@ -1,16 +1,19 @@
-"""The eBPF backend.
+"""The eBPF parts of a datapath, and the programs and maps they share.
 
-  * TC on every endpoint's host-side veth (ebpf/tc_endpoint.c): anti-spoofing, NAT with
-    conntrack, network isolation, same-network forwarding with bpf_redirect_peer.
-  * TC on each uplink (ebpf/tc_uplink.c): NAT of what arrives from outside (published ports,
-    replies of masqueraded flows) and of tracked flows leaving; native XDP on the uplink
-    (ebpf/xdp_uplink.c, optional) drops spoofed and broken packets early.
-  * Socket-layer DNAT for the host's own processes (ebpf/cgroup_sock.c on the cgroup v2 root).
-  * One NAT engine for everything: the control plane's published ports and masquerade are nat
-    rules (Docker's shapes, in chains DOCKLINE and DOCKLINE-POSTROUTING) compiled together with
-    the rules users give ``dockline iptables -t nat`` (control/nat/compiler.py) into maps
-    (control/datapath/nat_maps.py). iptables keeps only the filter rules, for what reaches the
-    stack; it does no NAT on this backend.
+  * EbpfRuntime: the programs (compiled once, pinned), the maps, the TC filters on endpoint
+    ports, the per-network and per-endpoint map entries, and the guard of macvlan endpoints
+    (tc_guard_endpoint on their own interface: anti-spoofing counted by reason).
+  * EbpfForwarding: the endpoint programs deliver same-network frames with bpf_redirect_peer and
+    drop cross-network ones (ebpf/tc_endpoint.c). Needs eBPF NAT: the same program translates.
+  * EbpfNat: one NAT engine for everything. The control plane's published ports and masquerade
+    are nat rules (Docker's shapes, in chains DOCKLINE and DOCKLINE-POSTROUTING,
+    control/nat/managed.py) compiled together with the rules users give ``dockline iptables -t
+    nat`` (control/nat/compiler.py) into maps (nat_maps.py); TC on each uplink
+    (ebpf/tc_uplink.c), native XDP there where a probe says it pays (ebpf/xdp_uplink.c), socket-
+    layer DNAT for the host's own processes (ebpf/cgroup_sock.c), tc_loopback on lo when a rule
+    could translate host-local traffic. iptables does no NAT then; it keeps the filter rules.
+    With kernel forwarding, the endpoint programs still translate, and leave every other frame to
+    the bridge (NET_F_KERNEL_FWD).
 
 The control plane owns the maps: they hold exactly what the store says, so learning never
 creates state (anti-spoofing, design §3.2). Conntrack entries are the datapath's; the agent only
@@ -19,8 +22,6 @@ deletes expired ones (ct_gc.py).
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import itertools
 import logging
 import os
@@ -29,20 +30,25 @@ import socket
 import time
 import zlib
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .. import protocols
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
+from ..nat.managed import (MANAGED_CHAINS, control_plane_chains, exact_entry, exact_key,  # noqa: F401
+                           ip_of, merged_rules, merged_ruleset, published_as_rules, published_ports)
 from ..nat.reach import bridged_nat_bridges, loopback_may_translate
-from ..nat.parser import parse_save
-from ..nat.rules import PortRange, Rule, Ruleset
+from ..nat.rules import Ruleset
 from ..netlink import links
+from ..netlink.netns import run_in_netns
+from ..netlink.watch import AddressWatch
 from . import bpf_structs as S
 from . import cgroup_attach, loader, map_schema
-from .base import PortChanges
+from .base import ForwardingEngine, NatEngine, PortChanges
 from .ct_gc import ConntrackGC
-from .kernel import KernelDatapath
+from .drivers import driver_class
+from .kernel import probe_iptables
 from .nat_maps import NatMaps
 
 log = logging.getLogger("dockline.ebpf")
@@ -53,8 +59,6 @@ INGRESS = "ffff:fff2"
 EGRESS = "ffff:fff3"
 XDP_FLAGS_DRV_MODE = 1 << 2
 NAT_PORT_RANGE = (61000, 65535)    # masquerade source ports: outside the host's ip_local_port_range
-
-MANAGED_CHAINS = ("DOCKLINE", "DOCKLINE-POSTROUTING")
 
 SOCK_PROGRAMS = (("sock_connect4", loader.BPF_CGROUP_INET4_CONNECT),
                  ("sock_sendmsg4", loader.BPF_CGROUP_UDP4_SENDMSG),
@@ -67,89 +71,12 @@ def net_number(net_id: str) -> int:
     return (zlib.crc32(net_id.encode()) & 0x7FFFFFFF) or 1
 
 
-def control_plane_chains(networks) -> Ruleset:
-    """The control plane's own nat rules, Docker's shapes (userland proxy off), as a Ruleset with
-    the jumps and masquerade rules; chain DOCKLINE holds no rules here: the published ports are
-    ``published_ports``. A container reaching its own published port is SNATed to its gateway by
-    the datapath itself (the hairpin rule Docker writes per port: the published ports' targets
-    in NAT_HAIRPIN_TABLE)."""
-    rs = Ruleset()
-    rs.chains["DOCKLINE"] = []
-    rs.chains["DOCKLINE-POSTROUTING"] = []
-    rs.chains["PREROUTING"].append(Rule(dst_type="LOCAL", target="DOCKLINE"))
-    rs.chains["OUTPUT"].append(Rule(dst_type="LOCAL", target="DOCKLINE"))
-    rs.chains["POSTROUTING"].append(Rule(target="DOCKLINE-POSTROUTING"))
-    for n in networks:
-        if n.driver == "bridge" and not n.internal:
-            rs.chains["DOCKLINE-POSTROUTING"].append(
-                Rule(src=ipaddress.IPv4Network(n.subnet), out_iface=n.bridge, out_neg=True, target="MASQUERADE"))
-    return rs
-
-
-def published_ports(state) -> dict:
-    """The published ports for chain DOCKLINE as plain ``{(host_ip, host_port, proto number):
-    (container ip, container port)}``: thousands of ports never become Rule objects. Memoised
-    on ``state`` (a whole apply needs them for the rules and for the hairpin targets)."""
-    memo = getattr(state, "__dict__", {})
-    if "_published" in memo:
-        return memo["_published"]
-    published = {}
-    for pm in state.ports:
-        target = state.port_target(pm)
-        if target is not None:
-            published[(pm.host_ip, pm.host_port, protocols.number(pm.proto))] = (target.ip, pm.container_port)
-    memo["_published"] = published
-    return published
-
-
-def published_as_rules(published: dict) -> list[Rule]:
-    """The published ports as the DNAT rules Docker would write (for listings only: the datapath
-    gets them as exact entries, never as Rule objects)."""
-    return [Rule(dst=None if host_ip == "0.0.0.0" else ipaddress.IPv4Network(f"{host_ip}/32"),
-                 proto=protocols.name(proto), dport=PortRange(port, port), target="DNAT",
-                 to_addr=_ip(ip), to_ports=PortRange(cport, cport))
-            for (host_ip, port, proto), (ip, cport) in published.items()]
-
-
-def _host_daddr(host_ip: str):
-    """A published port's host address as the compiler keys it (0.0.0.0: any destination)."""
-    return nat_compiler.ANY if host_ip == "0.0.0.0" else _ip(host_ip)
-
-
-def exact_entry(key, value) -> tuple:
-    """A published port as the compiler's (daddr, port, proto, ExactValue)."""
-    host_ip, port, proto = key
-    return (_host_daddr(host_ip), port, proto, nat_compiler.ExactValue(_ip(value[0]), value[1]))
-
-
-def _user_rules(text: str) -> Ruleset | None:
-    """The user's nat table parsed (the last text is remembered: it changes rarely, and every
-    change of anything else compares the rule set). Never mutated by its users."""
-    if not text:
-        return None
-    if _user_cache.get("text") != text:
-        _user_cache["rules"] = parse_save(text)[0]
-        _user_cache["text"] = text
-    return _user_cache["rules"]
-
-
-_user_cache: dict = {}
-
-
-def merged_rules(networks, user_text: str) -> Ruleset:
-    """Control-plane chains first (their jumps lead each built-in chain), then the user's rules."""
-    rs = control_plane_chains(networks)
-    user = _user_rules(user_text)
-    if user is not None:
-        for chain, rules in user.chains.items():
-            rs.chains.setdefault(chain, [])
-            rs.chains[chain].extend(rules)
-    return rs
-
-
-def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
-    """``merged_rules`` and the published ports of ``state``."""
-    return merged_rules(state.networks, user_text), published_ports(state)
+def probe() -> tuple[bool, str]:
+    """Can the eBPF parts run here? (iptables too: its filter rules stay the isolation fence.)"""
+    ok, why = probe_iptables()
+    if not ok:
+        return ok, why
+    return loader.probe()
 
 
 def loopback_masquerade_source(addrs, lo_index: int | None) -> str | None:
@@ -168,72 +95,217 @@ def _iface_names(rs: Ruleset) -> set[str]:
 
 
 
-def _exact_key(proto: str, host_ip: str, port: int) -> tuple:
-    """A published port's (daddr, port, proto number), as ``exact_entry`` keys it."""
-    return (_host_daddr(host_ip), port, protocols.number(proto))
+
+def tc_attach(ipr, idx: int, ifname: str, prog, parent: str) -> None:
+    """``prog`` as the direct-action filter on ``parent`` (INGRESS/EGRESS) of ``idx``, through
+    ``ipr`` (the netns the device lives in). ``replace`` is atomic: a restart re-attaching the
+    same program drops nothing."""
+    try:
+        try:
+            ipr.tc("add", "clsact", idx)
+        except NetlinkError as e:
+            if e.code != 17:   # EEXIST
+                raise
+        ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=prog.fd, name=prog.name,
+               parent=parent, classid=1, direct_action=True, prio=TC_PRIO)
+    except NetlinkError as e:
+        raise DatapathError(f"attaching {prog.name} to {ifname} failed: {e}") from None
 
 
-class AddressWatch:
-    """Whether the host's IPv4 addresses or routes may have changed since the last look: a
-    netlink socket subscribed to their groups (opened in the host netns) is drained, and anything
-    read, or an overflow, means they may have. Nothing is parsed: the caller dumps again."""
+class EbpfRuntime:
+    """The loaded programs and pinned maps of a host, and the map entries and filters of its
+    networks and endpoints. Made by the composed datapath when a part needs it."""
 
-    GROUPS = 0x10 | 0x40            # RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.bind((0, self.GROUPS))
-        self.sock.setblocking(False)
-        self.fresh = False          # nothing seen yet: the first look says "changed"
-
-    def changed(self) -> bool:
-        changed = not self.fresh
-        while True:
-            try:
-                self.sock.recv(65536)
-                changed = True
-            except BlockingIOError:
-                break
-            except OSError as e:    # ENOBUFS: events were lost
-                changed = True
-                if e.errno != errno.ENOBUFS:
-                    break
-        self.fresh = True
-        return changed
-
-    def invalidate(self) -> None:
-        """The caller could not act on the last answer: say "changed" next time."""
-        self.fresh = False
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-_addr_cache: dict[str, ipaddress.IPv4Address] = {}
-
-
-def _ip(text: str) -> ipaddress.IPv4Address:
-    a = _addr_cache.get(text)
-    if a is None:
-        a = _addr_cache[text] = ipaddress.IPv4Address(text)
-    return a
-
-
-class EbpfDatapath(KernelDatapath):
-    name = "ebpf"
-    does_nat = False        # iptables does no NAT on this backend (KernelDatapath renders filter only)
-
-    @classmethod
-    def probe(cls):
-        ok, why = KernelDatapath.probe()
-        if not ok:
-            return ok, why
-        return loader.probe()
-
-    def __init__(self, host):
-        super().__init__(host)
+    def __init__(self, host, ipr: IPRoute):
+        self.host, self.ipr = host, ipr
         self.programs: loader.Programs | None = None
         self.maps: dict[str, loader.PinnedMap] = {}
+
+    def setup(self) -> None:
+        self.programs = loader.Programs(self.host.bpf_dir).load()
+        self.maps = map_schema.open_maps(self.programs.root)     # every map of maps.h, by handle
+
+    def teardown(self) -> None:
+        for m in self.maps.values():
+            m.close()
+        self.maps = {}
+
+    def remove_pins(self) -> None:
+        shutil.rmtree(self.host.bpf_dir, ignore_errors=True)
+
+    def tc_filter(self, idx: int, ifname: str, fn: str, parent: str) -> None:
+        """Program ``fn`` on a device of the host netns."""
+        tc_attach(self.ipr, idx, ifname, self.programs.progs[fn], parent)
+
+    # ---------------------------------------------------------------- networks
+    def ensure_net_info(self, net, flags: int) -> None:
+        idx = links.link_index(self.ipr, net.bridge)
+        if idx is None:
+            return
+        mac = self.ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        self.maps["net_info"].update(net_number(net.id), S.NetInfo(
+            bridge_ifindex=idx, gateway=S.be32(net.gateway), gw_mac=S.mac_bytes(mac), flags=flags))
+
+    def remove_net_info(self, net) -> None:
+        self.maps["net_info"].delete(net_number(net.id))
+
+    # ---------------------------------------------------------------- endpoints
+    def attach_port(self, net, ep, att, idx: int, gro: bool) -> None:
+        """The endpoint's host-side port ``idx``: its map entries and both TC programs. ``gro``:
+        XDP on an uplink redirects into the host end; the frame lands in the container end's
+        NAPI ring, which exists only with GRO on (without it: silently dropped)."""
+        flags = S.EP_F_INTERNAL if net.internal else 0
+        info = S.EndpointInfo(mac=S.mac_bytes(att.mac), flags=flags, ip=S.be32(att.ip), net_id=net_number(net.id))
+        self.maps["by_ifindex"].update(idx, info)
+        self.maps["by_ip"].update(S.be32(att.ip), S.IpEndpoint(ifindex=idx, net_id=net_number(net.id),
+                                                               mac=S.mac_bytes(att.mac), flags=flags))
+        self.tc_filter(idx, att.host_ifname, "tc_from_endpoint", INGRESS)
+        self.tc_filter(idx, att.host_ifname, "tc_to_endpoint", EGRESS)
+        if gro:
+            links.set_gro(ep.netns_path, att.ifname, True)
+
+    def guard_inside(self, net, ep, att, idx: int) -> None:
+        """A macvlan endpoint's own interface ``idx`` (inside its netns): its map entry and
+        tc_guard_endpoint on its egress. The program's fd is this process's, so the filter is
+        attached from a thread that entered the netns."""
+        info = S.EndpointInfo(mac=S.mac_bytes(att.mac), flags=S.EP_F_INTERNAL if net.internal else 0,
+                              ip=S.be32(att.ip), net_id=net_number(net.id))
+        self.maps["guarded"].update(idx, info)
+        prog = self.programs.progs["tc_guard_endpoint"]
+
+        def attach():
+            with IPRoute() as ipr:
+                tc_attach(ipr, idx, f"{att.ifname} of {ep.name}", prog, EGRESS)
+        run_in_netns(ep.netns_path, attach)
+
+    def detach(self, net, ep, att, guarded: bool) -> None:
+        if guarded:
+            for k, v in self.maps["guarded"].items():
+                if v.ip == S.be32(att.ip) and v.net_id == net_number(net.id):
+                    self.maps["guarded"].delete(k)
+            return
+        idx = links.link_index(self.ipr, att.host_ifname)
+        if idx is not None:
+            self.maps["by_ifindex"].delete(idx)
+            self.maps["ep_stats"].delete(idx)
+        cur = self.maps["by_ip"].lookup(S.be32(att.ip))
+        if cur is not None and (idx is None or cur.ifindex == idx):
+            self.maps["by_ip"].delete(S.be32(att.ip))
+
+    # ---------------------------------------------------------------- reconcile
+    def remove_orphans(self, state) -> list[str]:
+        removed = []
+        live = {}
+        for a in state.attachments:
+            idx = links.link_index(self.ipr, a.host_ifname)
+            if idx is not None:
+                live[idx] = a
+        for k in self.maps["by_ifindex"].keys():
+            if k.value not in live:
+                self.maps["by_ifindex"].delete(k)
+                removed.append(f"map entry ifindex {k.value}")
+        ips = {S.be32(a.ip) for a in live.values()}
+        for k in self.maps["by_ip"].keys():
+            if k.value not in ips:
+                self.maps["by_ip"].delete(k)
+                removed.append(f"map entry {S.ip_text(k.value)}")
+        guarded = {(S.be32(a.ip), net_number(a.network_id)) for a in state.attachments}
+        for k, v in self.maps["guarded"].items():
+            if (v.ip, v.net_id) not in guarded:
+                self.maps["guarded"].delete(k)
+                removed.append(f"guard entry {S.ip_text(v.ip)}")
+        for k in self.maps["ep_stats"].keys():
+            if k.value not in live:
+                self.maps["ep_stats"].delete(k)
+        nets = {net_number(n.id) for n in state.networks}
+        for k in self.maps["net_info"].keys():
+            if k.value not in nets:
+                self.maps["net_info"].delete(k)
+        return removed
+
+    def remove_stale_programs(self) -> list[str]:
+        """Pins of older program digests (the socket programs among them detached first)."""
+        self.detach_stale_sock_programs(keep=self.programs.digest)
+        return [f"stale programs {d}" for d in self.programs.remove_stale()]
+
+    def detach_stale_sock_programs(self, keep: str | None):
+        """Detach socket programs pinned under older digests (before their pins go)."""
+        progs = self.programs.root / "progs"
+        for d in progs.iterdir() if progs.exists() else []:
+            if d.name == keep:
+                continue
+            for fn, kind in SOCK_PROGRAMS:
+                pin = d / fn
+                if pin.exists():
+                    fd = loader.obj_get(str(pin))
+                    try:
+                        cgroup_attach.detach(fd, kind)
+                    finally:
+                        os.close(fd)
+
+    # ---------------------------------------------------------------- observability
+    def stats(self, state=None) -> dict:
+        verdicts = {}
+        for code in S.Verdict:
+            vals = self.maps["verdicts"].lookup(int(code)) or []
+            pk, by = sum(v.packets for v in vals), sum(v.bytes for v in vals)
+            if pk:
+                verdicts[code.name.lower()] = {"code": int(code), "packets": pk, "bytes": by, "drop": code.is_drop}
+        names = {}
+        if state is not None:
+            for a in state.attachments:
+                idx = links.link_index(self.ipr, a.host_ifname)
+                if idx is not None:
+                    names[idx] = (state.endpoint(a.endpoint_id).name, state.network(a.network_id).name)
+        endpoints = []
+        for k, vals in self.maps["ep_stats"].items():
+            ep, net = names.get(k.value, ("?", "?"))
+            row = {"ifindex": k.value, "endpoint": ep, "network": net}
+            for f in ("redirected", "passed", "dropped"):
+                row[f] = {"packets": sum(getattr(v, f).packets for v in vals),
+                          "bytes": sum(getattr(v, f).bytes for v in vals)}
+            endpoints.append(row)
+        nat = {c.name.lower(): sum(v.value for v in (self.maps["nat_counters"].lookup(int(c)) or []))
+               for c in S.NatCounter}
+        return {"verdicts": verdicts, "endpoints": endpoints, "nat": nat}
+
+    def info(self) -> dict:
+        p = self.programs
+        return {"programs_digest": p.digest if p else "", "compiled_this_start": bool(p and p.compiled),
+                # "pins" (adopted, a restart), "cache" (compile cache) or "compiled" (bcc ran)
+                "programs_origin": p.origin if p else "",
+                "pins": str(p.root) if p else "",
+                "endpoints_in_map": len(self.maps["by_ifindex"].keys()) if self.maps else 0}
+
+
+class EbpfForwarding(ForwardingEngine):
+    """Same-network frames go straight into the peer's netns (bpf_redirect_peer), cross-network
+    ones are dropped, by tc_from_endpoint; it translates too, so eBPF NAT comes with it."""
+
+    name = "ebpf"
+    fast_path = True
+    needs_bpf = True
+    needs_nat = "ebpf"
+
+    probe = staticmethod(probe)     # the module's probe: one object, so it runs once for both parts
+
+    def info(self):
+        return {"forwarding": "TC programs on endpoint ports (bpf_redirect_peer)"}
+
+
+class EbpfNat(NatEngine):
+    """Compiled nat rules and conntrack in maps, run by TC (and XDP) programs; see the module
+    docstring. Set up after the runtime (``dp.bpf``)."""
+
+    name = "ebpf"
+    needs_bpf = True
+
+    probe = staticmethod(probe)     # the module's probe: one object, so it runs once for both parts
+
+    def __init__(self, host):
+        self.host = host
+        self.bpf: EbpfRuntime | None = None
+        self.ipr: IPRoute | None = None
         self.uplink_xdp = getattr(host, "uplink_xdp", "")
         self.xdp_attached: dict[str, str] = {}       # uplink -> why XDP runs there
         self.xdp_declined: dict[str, str] = {}       # uplink -> why it stays at TC only
@@ -251,11 +323,24 @@ class EbpfDatapath(KernelDatapath):
         self._synced_subnets: set | None = None    # what local_subnets was last made to hold
         self._addr_watch: AddressWatch | None = None
 
+    @property
+    def xdp_redirects(self) -> bool:
+        return bool(self.xdp_attached)
+
+    @property
+    def maps(self) -> dict:
+        return self.bpf.maps
+
+    @property
+    def programs(self):
+        return self.bpf.programs
+
+    def _tc_filter(self, idx, ifname, fn, parent):
+        self.bpf.tc_filter(idx, ifname, fn, parent)
+
     # ---------------------------------------------------------------- host
-    def setup_host(self):
-        super().setup_host()
-        self.programs = loader.Programs(self.host.bpf_dir).load()
-        self.maps = map_schema.open_maps(self.programs.root)     # every map of maps.h, by handle
+    def setup_host(self, dp):
+        self.bpf, self.ipr, self._dp = dp.bpf, dp.ipr, dp
         self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"])
         self.cookie = cgroup_attach.netns_cookie()
         self.gc = ConntrackGC(self.maps["ct"])
@@ -271,7 +356,8 @@ class EbpfDatapath(KernelDatapath):
             cgroup_attach.attach(self.programs.progs[fn].fd, kind)
         log.info("socket-layer NAT attached to the cgroup root (host netns cookie %d)", self.cookie)
 
-    def teardown_host(self):
+    def teardown_host(self, dp):
+        self.bpf, self.ipr = dp.bpf, dp.ipr
         for up in dict.fromkeys(list(self.xdp_attached) + self.uplinks + ([self.uplink_xdp] if self.uplink_xdp else [])):
             idx = links.link_index(self.ipr, up)
             if idx is not None:
@@ -288,20 +374,15 @@ class EbpfDatapath(KernelDatapath):
                         self.ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
                     except NetlinkError:
                         pass
-        if self.programs:
+        if self.bpf and self.bpf.programs:
             for fn, kind in SOCK_PROGRAMS:
                 cgroup_attach.detach(self.programs.progs[fn].fd, kind)
-            self._detach_stale_sock_programs(keep=None)
+            self.bpf.detach_stale_sock_programs(keep=None)
         self._detach_loopback()
-        for m in self.maps.values():
-            m.close()
-        self.maps = {}
         self._last_compile = self._synced_subnets = None
         if self._addr_watch is not None:
             self._addr_watch.close()
             self._addr_watch = None
-        super().teardown_host()
-        shutil.rmtree(self.host.bpf_dir, ignore_errors=True)
 
     def _maybe_attach_xdp(self, ifname: str, forced: bool):
         """Native XDP on an uplink's ingress (ebpf/xdp_uplink.c: early drops, then NAT for flows
@@ -338,70 +419,17 @@ class EbpfDatapath(KernelDatapath):
         self._tc_filter(idx, ifname, "tc_uplink_egress", EGRESS)
         log.info("NAT attached on uplink %s (tc ingress and egress)", ifname)
 
-    def _tc_filter(self, idx: int, ifname: str, fn: str, parent: str):
-        prog = self.programs.progs[fn]
-        try:
-            try:
-                self.ipr.tc("add", "clsact", idx)
-            except NetlinkError as e:
-                if e.code != 17:   # EEXIST
-                    raise
-            # replace is atomic: a restart re-attaching the same program drops nothing
-            self.ipr.tc("replace-filter", "bpf", idx, TC_HANDLE, fd=prog.fd, name=prog.name,
-                        parent=parent, classid=1, direct_action=True, prio=TC_PRIO)
-        except NetlinkError as e:
-            raise DatapathError(f"attaching {fn} to {ifname} failed: {e}") from None
+    def net_flags(self, net) -> int:
+        return S.NET_F_BRIDGED_NAT if net.bridge in self._bridged else 0
 
-    # ---------------------------------------------------------------- networks
-    def ensure_network(self, net):
-        super().ensure_network(net)
-        if net.driver != "bridge":
-            return
-        idx = links.link_index(self.ipr, net.bridge)
-        if idx is None:
-            return
-        mac = self.ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-        flags = S.NET_F_BRIDGED_NAT if net.bridge in self._bridged else 0
-        self.maps["net_info"].update(net_number(net.id), S.NetInfo(
-            bridge_ifindex=idx, gateway=S.be32(net.gateway), gw_mac=S.mac_bytes(mac), flags=flags))
+    def remove_orphans(self, dp, state) -> list[str]:
+        return self.bpf.remove_stale_programs()
 
-    def remove_network(self, net):
-        self.maps["net_info"].delete(net_number(net.id))
-        super().remove_network(net)
-
-    # ---------------------------------------------------------------- endpoints
-    def ensure_attachment(self, net, ep, att, primary):
-        super().ensure_attachment(net, ep, att, primary)
-        self.ensure_network(net)     # the bridge MAC may have changed when its first port joined
-        idx = links.link_index(self.ipr, att.host_ifname)
-        flags = S.EP_F_INTERNAL if net.internal else 0
-        info = S.EndpointInfo(mac=S.mac_bytes(att.mac), flags=flags, ip=S.be32(att.ip), net_id=net_number(net.id))
-        self.maps["by_ifindex"].update(idx, info)
-        self.maps["by_ip"].update(S.be32(att.ip), S.IpEndpoint(ifindex=idx, net_id=net_number(net.id),
-                                                               mac=S.mac_bytes(att.mac), flags=flags))
-        self._tc_filter(idx, att.host_ifname, "tc_from_endpoint", INGRESS)
-        self._tc_filter(idx, att.host_ifname, "tc_to_endpoint", EGRESS)
-        if self.xdp_attached:
-            # XDP on the uplink redirects into the host end; the frame lands in the container
-            # end's NAPI ring, which exists only with GRO on (without it: silently dropped)
-            links.set_gro(ep.netns_path, att.ifname, True)
-
-    def remove_attachment(self, net, ep, att):
-        flushed = self.gc.flush_address(S.be32(att.ip)) if self.gc else 0
-        if flushed:
-            log.info("endpoint %s left %s: %d conntrack entries of its flows removed", ep.name, net.name, flushed)
-        idx = links.link_index(self.ipr, att.host_ifname)
-        if idx is not None:
-            self.maps["by_ifindex"].delete(idx)
-            self.maps["ep_stats"].delete(idx)
-        cur = self.maps["by_ip"].lookup(S.be32(att.ip))
-        if cur is not None and (idx is None or cur.ifindex == idx):
-            self.maps["by_ip"].delete(S.be32(att.ip))
-        super().remove_attachment(net, ep, att)
+    def forget_endpoint(self, att) -> int:
+        return self.gc.flush_address(S.be32(att.ip)) if self.gc else 0
 
     # ---------------------------------------------------------------- policy
-    def sync_policy(self, state, changes: PortChanges | None = None):
-        super().sync_policy(state)      # filter rules only (does_nat = False)
+    def sync(self, dp, state, changes: PortChanges | None = None):
         want_nets = set()
         for n in state.networks:
             if n.subnet:
@@ -486,7 +514,7 @@ class EbpfDatapath(KernelDatapath):
     def _sync_bridged_nat(self, rs: Ruleset, text: str, state) -> None:
         """Set NET_F_BRIDGED_NAT on the networks whose bridged frames a rule could translate
         (control/nat/reach.py); recomputed only when the rules or the networks changed."""
-        nets = [n for n in state.networks if n.driver == "bridge" and not n.internal]
+        nets = [n for n in state.networks if driver_class(n.driver).host_device and not n.internal]
         key = (text, tuple(sorted((n.bridge, n.subnet) for n in nets)))
         if key == self._bridged_key:
             return
@@ -495,7 +523,7 @@ class EbpfDatapath(KernelDatapath):
         self._bridged, self._bridged_key = want, key
         for n in nets:
             if n.bridge in changed:
-                self.ensure_network(n)
+                self._dp.ensure_network(n)     # its net_info flags
                 log.info("network %s: frames between its endpoints are %s by the nat rules", n.name,
                          "judged" if n.bridge in want else "no longer judged")
 
@@ -506,8 +534,8 @@ class EbpfDatapath(KernelDatapath):
                 and self.nat.live_config().generation == last["generation"]):
             if changes is not None:     # streamed: 10,000 ports become no list of entries
                 delta = itertools.chain(
-                    ((_exact_key(proto, host_ip, port), None) for proto, host_ip, port, _ in changes.removed),
-                    ((_exact_key(proto, host_ip, port), nat_compiler.ExactValue(_ip(changes.container_ip), cport))
+                    ((exact_key(proto, host_ip, port), None) for proto, host_ip, port, _ in changes.removed),
+                    ((exact_key(proto, host_ip, port), nat_compiler.ExactValue(ip_of(changes.container_ip), cport))
                      for proto, host_ip, port, cport in changes.added))
                 self.last_nat_apply = self.nat.apply_managed_delta(last["tables"], delta)
             else:
@@ -579,49 +607,6 @@ class EbpfDatapath(KernelDatapath):
         for t in want - have:
             m.update(to_key(t), S.ctypes.c_uint8(1))
 
-    def remove_orphans(self, state):
-        removed = super().remove_orphans(state)
-        live = {}
-        for a in state.attachments:
-            idx = links.link_index(self.ipr, a.host_ifname)
-            if idx is not None:
-                live[idx] = a
-        for k in self.maps["by_ifindex"].keys():
-            if k.value not in live:
-                self.maps["by_ifindex"].delete(k)
-                removed.append(f"map entry ifindex {k.value}")
-        ips = {S.be32(a.ip) for a in live.values()}
-        for k in self.maps["by_ip"].keys():
-            if k.value not in ips:
-                self.maps["by_ip"].delete(k)
-                removed.append(f"map entry {S.ip_text(k.value)}")
-        for k in self.maps["ep_stats"].keys():
-            if k.value not in live:
-                self.maps["ep_stats"].delete(k)
-        nets = {net_number(n.id) for n in state.networks}
-        for k in self.maps["net_info"].keys():
-            if k.value not in nets:
-                self.maps["net_info"].delete(k)
-        self._detach_stale_sock_programs(keep=self.programs.digest)
-        gone = self.programs.remove_stale()
-        removed += [f"stale programs {d}" for d in gone]
-        return removed
-
-    def _detach_stale_sock_programs(self, keep: str | None):
-        """Detach socket programs pinned under older digests (before their pins go)."""
-        progs = self.programs.root / "progs"
-        for d in progs.iterdir() if progs.exists() else []:
-            if d.name == keep:
-                continue
-            for fn, kind in SOCK_PROGRAMS:
-                pin = d / fn
-                if pin.exists():
-                    fd = loader.obj_get(str(pin))
-                    try:
-                        cgroup_attach.detach(fd, kind)
-                    finally:
-                        os.close(fd)
-
     # ---------------------------------------------------------------- conntrack
     @property
     def nat_rules_supported(self) -> bool:
@@ -638,39 +623,10 @@ class EbpfDatapath(KernelDatapath):
 
     # ---------------------------------------------------------------- observability
     def stats(self, state=None) -> dict:
-        verdicts = {}
-        for code in S.Verdict:
-            vals = self.maps["verdicts"].lookup(int(code)) or []
-            pk, by = sum(v.packets for v in vals), sum(v.bytes for v in vals)
-            if pk:
-                verdicts[code.name.lower()] = {"code": int(code), "packets": pk, "bytes": by, "drop": code.is_drop}
-        names = {}
-        if state is not None:
-            for a in state.attachments:
-                idx = links.link_index(self.ipr, a.host_ifname)
-                if idx is not None:
-                    names[idx] = (state.endpoint(a.endpoint_id).name, state.network(a.network_id).name)
-        endpoints = []
-        for k, vals in self.maps["ep_stats"].items():
-            ep, net = names.get(k.value, ("?", "?"))
-            row = {"ifindex": k.value, "endpoint": ep, "network": net}
-            for f in ("redirected", "passed", "dropped"):
-                row[f] = {"packets": sum(getattr(v, f).packets for v in vals),
-                          "bytes": sum(getattr(v, f).bytes for v in vals)}
-            endpoints.append(row)
-        nat = {c.name.lower(): sum(v.value for v in (self.maps["nat_counters"].lookup(int(c)) or []))
-               for c in S.NatCounter}
-        ct = self.gc.pressure() if self.gc else {}
-        return {"datapath": self.name, "verdicts": verdicts, "endpoints": endpoints, "nat": nat,
-                "conntrack": ct}
+        return {"conntrack": self.ct_pressure()}
 
     def info(self):
-        p = self.programs
-        return {"name": self.name, "rules": "TC clsact programs, eBPF NAT (iptables: filter only)",
-                "programs_digest": p.digest if p else "", "compiled_this_start": bool(p and p.compiled),
-                # "pins" (adopted, a restart), "cache" (compile cache) or "compiled" (bcc ran)
-                "programs_origin": p.origin if p else "",
-                "pins": str(p.root) if p else "", "uplink_xdp": self.uplink_xdp or "off",
+        return {"rules": "TC clsact programs, eBPF NAT (iptables: filter only)",
+                "uplink_xdp": self.uplink_xdp or "off",
                 "xdp": {"attached": dict(self.xdp_attached), "tc_only": dict(self.xdp_declined)},
-                "uplinks": self.uplinks, "nat": self.last_nat_apply,
-                "endpoints_in_map": len(self.maps["by_ifindex"].keys()) if self.maps else 0}
+                "uplinks": self.uplinks, "nat": self.last_nat_apply}

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model import Network, PortMapping
+from .drivers import driver_class
 
 NAT_CHAIN = "DOCKLINE"                       # nat: DNAT of published ports
 NAT_POST_CHAIN = "DOCKLINE-POSTROUTING"      # nat: masquerade (egress, localhost, hairpin to self)
@@ -50,7 +51,9 @@ def render(networks: list[Network], ports: list[PublishedPort], with_nat: bool =
     rules without per-port entries: translated flows never reach the stack there."""
     if not with_nat:
         ports = []
-    bridged = [n for n in networks if n.driver == "bridge"]
+    # networks whose traffic crosses the host stack through a device of ours (the bridge); a
+    # macvlan network's leaves by its parent and never meets these chains
+    bridged = [n for n in networks if driver_class(n.driver).host_device]
     nat, post, fence, pre, fwd, flt, iso1, iso2 = [], [], [], [], [], [], [], []
     for n in bridged:
         br, sub = n.bridge, n.subnet

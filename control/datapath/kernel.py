@@ -1,23 +1,21 @@
-"""The kernel backend: Linux bridge + veth + iptables, the docker0-equivalent.
+"""The kernel parts of a datapath: the host's DOCKLINE-* iptables chains (every datapath keeps
+their filter rules, the isolation fence for what reaches the stack), kernel forwarding (the Linux
+bridge forwards between a network's endpoints), and iptables NAT (DNAT of published ports,
+masquerade), Docker's bridge-driver shapes.
 
-It is both the fallback datapath and the reference model the eBPF path is tested and measured
-against, so it writes the same devices, sysctls and rule shapes Docker's bridge driver does.
+Kernel forwarding with iptables NAT is the ``kernel`` datapath: both the fallback and the
+reference model the eBPF parts are tested and measured against.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shutil
 import subprocess
 
-from pyroute2 import IPRoute
-
-from ..config import BRIDGE_PREFIX, DEFAULT_BRIDGE, VETH_PREFIX
 from ..errors import DatapathError
-from ..netlink import links
 from . import iptables_rules as rules
-from .base import Datapath, DesiredState, PortChanges
+from .base import DesiredState, ForwardingEngine, NatEngine, PortChanges
 
 log = logging.getLogger("dockline.kernel")
 
@@ -26,25 +24,21 @@ def _run(cmd: list[str], stdin: str | None = None) -> subprocess.CompletedProces
     return subprocess.run(cmd, input=stdin, capture_output=True, text=True)
 
 
-class KernelDatapath(Datapath):
-    name = "kernel"
-    does_nat = True         # iptables DNAT/MASQUERADE (the eBPF backend translates in its programs)
+def probe_iptables() -> tuple[bool, str]:
+    missing = [t for t in ("iptables", "iptables-restore", "bridge") if shutil.which(t) is None]
+    if missing:
+        return False, "missing tools: " + ", ".join(missing)
+    return True, "Linux bridge, veth and iptables are available"
 
-    @classmethod
-    def probe(cls):
-        missing = [t for t in ("iptables", "iptables-restore", "bridge") if shutil.which(t) is None]
-        if missing:
-            return False, "missing tools: " + ", ".join(missing)
-        return True, "Linux bridge, veth and iptables are available"
 
-    def __init__(self, host):
-        super().__init__(host)
-        self.ipr = IPRoute()
+class IptablesChains:
+    """Our chains in the host's iptables: the jumps into them (installed once) and their content
+    (rewritten atomically, only when it changed)."""
+
+    def __init__(self):
         self._last_rules = None     # the text last restored: an unchanged rule set is not rewritten
 
-    # ---------------------------------------------------------------- host
     def setup_host(self):
-        links.write_sysctl("net.ipv4.ip_forward", "1")
         for table, chain, spec in rules.JUMPS:
             self._ensure_chain(table, spec[-1])
             if _run(["iptables", "-w", "-t", table, "-C", chain] + spec).returncode != 0:
@@ -52,7 +46,8 @@ class KernelDatapath(Datapath):
                 if r.returncode != 0:
                     raise DatapathError(f"installing jump {table}/{chain} -> {spec[-1]} failed: {r.stderr.strip()}")
 
-    def _ensure_chain(self, table, chain):
+    @staticmethod
+    def _ensure_chain(table, chain):
         if _run(["iptables", "-w", "-t", table, "-S", chain]).returncode != 0:
             _run(["iptables", "-w", "-t", table, "-N", chain])
 
@@ -67,47 +62,17 @@ class KernelDatapath(Datapath):
                              ("filter", rules.ISO1_CHAIN), ("filter", rules.ISO2_CHAIN)):
             _run(["iptables", "-w", "-t", table, "-X", chain])
 
-    # ---------------------------------------------------------------- networks
-    def ensure_network(self, net):
-        if net.driver != "bridge":
-            return
-        plen = ipaddress.IPv4Network(net.subnet).prefixlen
-        links.ensure_bridge(self.ipr, net.bridge, net.mtu, f"{net.gateway}/{plen}")
-        # Host-originated connections to published ports keep source 127.0.0.1 until POSTROUTING
-        # masquerades them; the bridge must accept routing such packets (Docker does the same).
-        links.write_sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", "1")
-
-    def remove_network(self, net):
-        if net.driver == "bridge":
-            links.remove_link(self.ipr, net.bridge)
-
-    # ---------------------------------------------------------------- endpoints
-    def ensure_attachment(self, net, ep, att, primary):
-        br = links.link_index(self.ipr, net.bridge)
-        if br is None:
-            self.ensure_network(net)
-            br = links.link_index(self.ipr, net.bridge)
-        plen = ipaddress.IPv4Network(net.subnet).prefixlen
-        gateway = net.gateway if primary and not net.internal else None
-        links.ensure_veth(self.ipr, att.host_ifname, br, ep.netns_path, att.ifname, att.mac,
-                          f"{att.ip}/{plen}", net.mtu, gateway)
-        links.set_hairpin(att.host_ifname)
-
-    def remove_attachment(self, net, ep, att):
-        links.remove_link(self.ipr, att.host_ifname)
-
-    # ---------------------------------------------------------------- policy
-    def sync_policy(self, state: DesiredState, changes: PortChanges | None = None):
-        """The whole rule set is rendered and, if it differs, restored: ``changes`` is not used.
-        Without NAT (the eBPF backend's filter rules) the published ports are not even read."""
+    def sync(self, state: DesiredState, with_nat: bool):
+        """The whole rule set is rendered and, if it differs, restored. Without NAT (eBPF NAT
+        translates) the published ports are not even read."""
         published = []
-        for pm in state.ports if self.does_nat else ():
+        for pm in state.ports if with_nat else ():
             target = state.port_target(pm)
             if target is None:
                 continue
             net = state.network(target.network_id)
             published.append(rules.PublishedPort(pm, target.ip, net.bridge))
-        text = rules.render(state.networks, published, with_nat=self.does_nat)
+        text = rules.render(state.networks, published, with_nat=with_nat)
         if text != self._last_rules:
             self._restore(text)
             self._last_rules = text
@@ -117,22 +82,9 @@ class KernelDatapath(Datapath):
         if r.returncode != 0:
             raise DatapathError(f"iptables-restore failed: {r.stderr.strip()}")
 
-    # ---------------------------------------------------------------- reconcile
-    def remove_orphans(self, state):
-        want = {n.bridge for n in state.networks if n.driver == "bridge"}
-        want |= {a.host_ifname for a in state.attachments}
-        removed = []
-        for name in links.host_links(self.ipr, (BRIDGE_PREFIX, VETH_PREFIX, "dlp", DEFAULT_BRIDGE)):
-            if name not in want:
-                links.remove_link(self.ipr, name)
-                removed.append(name)
-        return removed
-
-    def info(self):
-        return {"name": self.name, "rules": "iptables (DOCKLINE-* chains)"}
-
-    def stats(self, state=None) -> dict:
-        """Packet counters of our iptables chains (the kernel backend has no BPF counters)."""
+    @staticmethod
+    def counters() -> list[dict]:
+        """Packet counters of DOCKLINE-FORWARD."""
         r = _run(["iptables", "-w", "-t", "filter", "-L", rules.FWD_CHAIN, "-v", "-x", "-n"])
         rows = []
         for line in r.stdout.splitlines()[2:]:
@@ -140,4 +92,36 @@ class KernelDatapath(Datapath):
             if len(parts) >= 3 and parts[0].isdigit():
                 rows.append({"packets": int(parts[0]), "bytes": int(parts[1]), "target": parts[2],
                              "rule": " ".join(parts[3:])})
-        return {"datapath": self.name, "forward_rules": rows}
+        return rows
+
+
+class KernelForwarding(ForwardingEngine):
+    """The Linux bridge forwards between a network's endpoints, iptables isolates networks. With
+    eBPF NAT the endpoint programs still run (they translate), told by NET_F_KERNEL_FWD to leave
+    every frame they do not translate to the bridge."""
+
+    name = "kernel"
+    fast_path = False
+
+    @staticmethod
+    def probe():
+        return probe_iptables()
+
+    def info(self):
+        return {"forwarding": "Linux bridge (iptables isolation)"}
+
+
+class IptablesNat(NatEngine):
+    """Docker's iptables NAT: DNAT of published ports in DOCKLINE, masquerade in
+    DOCKLINE-POSTROUTING. It has no nat-rule front end, no conntrack view of its own and no GC:
+    those abilities keep the base's NotSupported answers."""
+
+    name = "iptables"
+    renders_iptables_nat = True
+
+    @staticmethod
+    def probe():
+        return probe_iptables()
+
+    def info(self):
+        return {"rules": "iptables (DOCKLINE-* chains)"}

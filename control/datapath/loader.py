@@ -55,7 +55,8 @@ NAT_TAIL_XDP = {0: "xdp_nat_eval", 1: "xdp_nat_route", 2: "xdp_nat_commit"}
 
 #: entry file -> [(function, program type, expected attach type or -1)]
 PROGRAMS = {
-    "tc_endpoint.c": [("tc_from_endpoint", "SCHED_CLS", -1), ("tc_to_endpoint", "SCHED_CLS", -1)],
+    "tc_endpoint.c": [("tc_from_endpoint", "SCHED_CLS", -1), ("tc_to_endpoint", "SCHED_CLS", -1),
+                      ("tc_guard_endpoint", "SCHED_CLS", -1)],
     "tc_uplink.c": [("tc_uplink_ingress", "SCHED_CLS", -1), ("tc_uplink_egress", "SCHED_CLS", -1)],
     "tc_loopback.c": [("tc_loopback", "SCHED_CLS", -1)],
     "tc_nat.c": [("tc_nat_eval", "SCHED_CLS", -1), ("tc_nat_route", "SCHED_CLS", -1),

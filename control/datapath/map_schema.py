@@ -97,6 +97,7 @@ class MapSpec:
 MAPS: tuple[MapSpec, ...] = (
     MapSpec("endpoints_by_ifindex", "by_ifindex", "hash", "__u32", "struct endpoint_info"),
     MapSpec("endpoints_by_ip", "by_ip", "hash", "__be32", "struct ip_endpoint"),
+    MapSpec("guarded_endpoints", "guarded", "hash", "__u32", "struct endpoint_info"),
     MapSpec("local_subnets", "subnets", "lpm_trie", "struct subnet_key", "__u8"),
     MapSpec("verdicts", "verdicts", "percpu_array", "__u32", "struct counter"),
     MapSpec("endpoint_stats", "ep_stats", "percpu_hash", "__u32", "struct endpoint_stats"),

@@ -218,3 +218,53 @@ def write_sysctl(path: str, value: str) -> None:
     """Write /proc/sys/<path> of the calling thread's netns (net.* sysctls are per netns)."""
     with open(os.path.join("/proc/sys", path.replace(".", "/")), "w") as f:
         f.write(value)
+
+
+#: IFLA_MACVLAN_MODE values (uapi if_link.h: enum macvlan_mode)
+MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
+
+
+def ensure_macvlan(ipr: IPRoute, parent: str, tmp_name: str, mode: str, netns_path: str, ifname: str,
+                   mac: str, address: str, mtu: int, gateway: str | None) -> int:
+    """A macvlan sub-interface of host interface ``parent`` in ``mode``, living as ``ifname``
+    inside ``netns_path`` with ``mac``, ``address`` (CIDR), ``mtu``, up, and a default route via
+    ``gateway`` when one is given. It is created in the host netns as ``tmp_name`` and moved (a
+    macvlan must be created where its parent is). Returns its ifindex inside the netns."""
+    if not run_in_netns(netns_path, _has_link, ifname):
+        parent_idx = link_index(ipr, parent)
+        if parent_idx is None:
+            raise DatapathError(f"creating macvlan on {parent} failed: the parent interface is gone")
+        try:
+            remove_link(ipr, tmp_name)      # half-built (crash between create and move)
+            ipr.link("add", ifname=tmp_name, kind="macvlan", link=parent_idx,
+                     macvlan_mode=MACVLAN_MODES[mode], mtu=mtu)
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                ipr.link("set", index=link_index(ipr, tmp_name), net_ns_fd=fd)
+            finally:
+                os.close(fd)
+        except NetlinkError as e:
+            remove_link(ipr, tmp_name)
+            raise _fail(f"{ifname} on {parent} ({mode})", "creating macvlan", e) from None
+        run_in_netns(netns_path, _rename, tmp_name, ifname)
+    run_in_netns(netns_path, _configure_inside, ifname, mac, address, mtu, gateway)
+    return run_in_netns(netns_path, _index_of, ifname)
+
+
+def _index_of(name: str) -> int | None:
+    with IPRoute() as ipr:
+        return link_index(ipr, name)
+
+
+def kind_supported(ipr: IPRoute, kind: str) -> tuple[bool, str]:
+    """Does this kernel know link kind ``kind``? Asked by creating a link of that kind without the
+    attributes it needs: a known kind refuses the request as invalid (EINVAL), an unknown one as
+    not supported (EOPNOTSUPP). Nothing is created either way."""
+    try:
+        ipr.link("add", ifname="dlprobe0", kind=kind)
+    except NetlinkError as e:
+        if e.code == errno.EOPNOTSUPP:
+            return False, f"this kernel has no {kind} support (CONFIG_{kind.upper()} is not set)"
+        return True, f"the kernel knows {kind} links"
+    remove_link(ipr, "dlprobe0")        # cannot happen for a kind that needs a parent; be safe
+    return True, f"the kernel knows {kind} links"

@@ -34,8 +34,8 @@ class Services:
             datapath = select_datapath(host.datapath, host)
             if host.datapath in ("auto", "") and datapath.name != "kernel":
                 def fallback():
-                    from ..datapath.kernel import KernelDatapath
-                    return KernelDatapath(host)
+                    from ..datapath import build_datapath
+                    return build_datapath("kernel", host)
         self.ctx = ServiceContext(host, store, datapath, sandbox)
         self.names = NameService(self.ctx, dns)
         self.networks = NetworkService(self.ctx)

@@ -13,7 +13,8 @@ import logging
 import time
 
 from ..datapath.base import PortChanges
-from ..errors import Conflict, DocklineError, InvalidArgument, NotFound
+from ..datapath.drivers import driver_class
+from ..errors import Conflict, DocklineError, InvalidArgument, NotFound, NotSupported
 from ..model import DEFAULT_NETWORK, Endpoint, parse_ip, parse_port_spec, validate_name
 from . import addressing
 from .context import new_id
@@ -143,7 +144,11 @@ class EndpointService:
                 _refuse_extras("none", static_ip, aliases, specs)
                 ep.mode = "none"
         tx.put_endpoint(ep)
-        if net.driver != "bridge":
+        drv = driver_class(net.driver)
+        if specs and not drv.publishes_ports:
+            raise NotSupported(f"-p cannot be used on {net.driver} network {net.name}: its traffic never "
+                               f"crosses the host, so nothing can forward a host port")
+        if not drv.attachable:
             return ep, [], PortChanges()
         att = addressing.attach_record(tx, net, ep, static_ip, aliases, index=0)
         return ep, [att], PortChanges(att.ip, addressing.publish_records(tx, ep, net, specs))
@@ -221,11 +226,11 @@ class EndpointService:
             with ctx.store.transaction() as tx:
                 net = find_network(tx, network)
                 ep = find_endpoint(tx, endpoint)
-                if ep.mode in ("host", "container", "none") or net.driver != "bridge":
+                if ep.mode in ("host", "container", "none") or not driver_class(net.driver).attachable:
                     raise InvalidArgument(f"endpoint {ep.name} in {ep.mode} mode cannot be connected to "
                                           f"network {net.name}" if ep.mode != "bridge" else
-                                          f"network {net.name} is a {net.driver} network; only bridge networks "
-                                          f"can be connected")
+                                          f"network {net.name} is a {net.driver} network; only networks with "
+                                          f"interfaces of their own (bridge, macvlan) can be connected")
                 current = tx.attachments(ep_id=ep.id)
                 if any(a.network_id == net.id for a in current):
                     raise Conflict(f"endpoint {ep.name} is already connected to network {net.name}")

@@ -12,7 +12,8 @@ import time
 
 from .. import ipam
 from ..config import bridge_name
-from ..errors import Conflict, DocklineError, InvalidArgument, NotFound
+from ..datapath.drivers import DRIVERS, driver_class
+from ..errors import Conflict, DocklineError, InvalidArgument, NotFound, NotSupported
 from ..model import (DEFAULT_NETWORK, HOST_NETWORK, NONE_NETWORK, Network, parse_gateway, parse_ip_range,
                      parse_mtu, parse_subnet, validate_name)
 from .context import new_id
@@ -74,10 +75,18 @@ class NetworkService:
 
     # ------------------------------------------------------------------ changes
     def create(self, name: str, driver: str = "bridge", subnet: str | None = None, gateway: str | None = None,
-               ip_range: str | None = None, internal: bool = False, mtu=1500) -> dict:
+               ip_range: str | None = None, internal: bool = False, mtu=1500, options: dict | None = None) -> dict:
         validate_name("network", name)
-        if driver != "bridge":
-            raise InvalidArgument(f"unknown driver {driver!r}: only bridge networks can be created")
+        # the driver class checks its name and options; datapath.validate_network then checks
+        # the network against the host and the other networks (neither changes anything)
+        drv = driver_class(driver)
+        ok, why = drv.available()
+        if not ok:
+            raise NotSupported(f"driver {driver} is not available: {why}")
+        if not drv.creatable:
+            raise InvalidArgument(f"driver {driver} networks cannot be created: choose from "
+                                  f"{', '.join(n for n, d in DRIVERS.items() if d.creatable)}")
+        options = drv.normalize_options(options or {})
         mtu = parse_mtu(mtu)
         ctx = self.ctx
         with ctx.lock:
@@ -93,13 +102,17 @@ class NetworkService:
                 else:
                     if gateway or ip_range:
                         raise InvalidArgument("--gateway and --ip-range need --subnet")
+                    if not drv.host_device:
+                        raise InvalidArgument(f"{driver} network {name} needs --subnet: the parent's segment "
+                                              f"is not ours to pick")
                     net_cidr = ipam.pick_subnet([t for t, _ in taken] + ctx.host_routes())
                 gw = parse_gateway(gateway, net_cidr) if gateway else net_cidr.network_address + 1
                 rng = parse_ip_range(ip_range, net_cidr) if ip_range else None
                 net_id = new_id()
-                net = Network(id=net_id, name=name, driver="bridge", subnet=str(net_cidr), gateway=str(gw),
+                net = Network(id=net_id, name=name, driver=driver, subnet=str(net_cidr), gateway=str(gw),
                               ip_range=str(rng) if rng else "", internal=internal, mtu=mtu,
-                              bridge=bridge_name(net_id), created=time.time())
+                              bridge=bridge_name(net_id) if drv.host_device else "", created=time.time(),
+                              options=options)
                 ctx.datapath.validate_network(net, tx.networks())
                 tx.put_network(net)
                 tx.lease(net.id, net.gateway, ipam.GATEWAY_OWNER)

@@ -68,12 +68,22 @@ static __always_inline __u32 endpoint_forwarding(struct __sk_buff *skb, struct e
 	return VERDICT_REDIRECT_PEER;
 }
 
+/* Does the kernel forward this endpoint's network (NET_F_KERNEL_FWD)? Then steps 3-4 are the
+ * bridge's and iptables' job. */
+static __always_inline int kernel_forwards(const struct endpoint_info *self)
+{
+	__u32 net = self->net_id;
+	struct net_info *ni = net_info.lookup(&net);
+
+	return ni && (ni->flags & NET_F_KERNEL_FWD);
+}
+
 /* Steps 3-5 and the one exit: count the verdict and act on it. */
 static __always_inline int endpoint_finish(struct __sk_buff *skb, struct endpoint_info *self, __u32 code)
 {
 	__u32 target = 0;
 
-	if (code == VERDICT_PASS && self)
+	if (code == VERDICT_PASS && self && !kernel_forwards(self))
 		code = endpoint_forwarding(skb, self, &target);
 	count_endpoint(skb->ifindex, code, skb->len);
 	if (code >= DROP_BASE)

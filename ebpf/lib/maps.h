@@ -14,6 +14,13 @@ BPF_TABLE_PINNED("hash", __u32, struct endpoint_info, endpoints_by_ifindex, MAX_
 /* endpoint IPv4 -> where to deliver it (same-network fast path, isolation check) */
 BPF_TABLE_PINNED("hash", __be32, struct ip_endpoint, endpoints_by_ip, MAX_ENDPOINTS,
 		 PIN_DIR "/endpoints_by_ip");
+
+/* Macvlan endpoints, keyed by the ifindex of their own interface inside their netns (a macvlan
+ * sub-interface has no host-side end): what tc_guard_endpoint checks their frames against. The
+ * index is allocated in the host netns when the agent creates the interface and kept when it is
+ * moved into the endpoint's netns, so it is unique among the agent's interfaces. */
+BPF_TABLE_PINNED("hash", __u32, struct endpoint_info, guarded_endpoints, MAX_ENDPOINTS,
+		 PIN_DIR "/guarded_endpoints");
 /* container subnets of this host; the uplink drops packets claiming to come from them */
 BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __u8, local_subnets, MAX_LOCAL_SUBNETS,
 		  PIN_DIR "/local_subnets", BPF_F_NO_PREALLOC);

@@ -35,6 +35,9 @@ struct net_info {
 #define NET_F_BRIDGED_NAT 0x0001  /* some nat rule could translate frames between two endpoints of
                                    * this bridge (bridge-netfilter semantics): the endpoint program
                                    * judges their new flows too (control/nat/reach.py decides) */
+#define NET_F_KERNEL_FWD  0x0002  /* the kernel forwards between this network's endpoints (the
+				     * kernel forwarding engine with eBPF NAT): frames NAT leaves
+				     * alone go to the bridge, no fast path and no isolation drop */
 
 /* Key of local_subnets (LPM trie): prefixlen then the address (network order). */
 struct subnet_key {

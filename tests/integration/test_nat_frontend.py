@@ -195,7 +195,7 @@ def test_kernel_backend_refuses_the_front_end(tmp_path):
     try:
         h.start_agent()
         r = h.cli("iptables", "-t", "nat", "-S")
-        assert r.returncode == 2 and "needs the ebpf NAT engine" in r.stderr
+        assert r.returncode == 2 and "needs the ebpf datapath or eBPF NAT" in r.stderr
     finally:
         h.cleanup()
 

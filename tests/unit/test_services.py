@@ -100,7 +100,7 @@ def test_disconnect_and_rm_withdraw_names(tmp_path):
 
 def test_nat_rules_need_a_nat_engine(tmp_path):
     svc, _ = build(tmp_path)
-    with pytest.raises(NotSupported, match="needs the ebpf NAT engine"):
+    with pytest.raises(NotSupported, match="needs the ebpf datapath or eBPF NAT"):
         svc.nat.import_("*nat\n-A PREROUTING -p tcp --dport 99 -j DNAT --to-destination 10.20.0.9:80\nCOMMIT\n")
     with pytest.raises(NotSupported):
         svc.nat.conntrack()
