@@ -27,10 +27,12 @@ class Faults:
 
 
 class FakeDatapath(Datapath):
+    """Every method of the composed datapath's facade, over dicts (no parts, no netlink)."""
+
     name = "fake"
 
     def __init__(self, host=None, faults: Faults | None = None, nat: bool = False):
-        super().__init__(host)
+        self.host = host
         self.faults = faults or Faults()
         self.kernel = {"networks": {}, "links": {}, "policy": None, "nat": ""}
         self._nat = nat
@@ -41,6 +43,19 @@ class FakeDatapath(Datapath):
 
     def host_routes(self):
         return []
+
+    def validate_network(self, net, networks):
+        pass
+
+    def driver(self, net):
+        from dockline.control.datapath.drivers import driver_class
+        return driver_class(net.driver)
+
+    def info(self):
+        return {"name": self.name}
+
+    def stats(self, state=None):
+        return {"datapath": self.name}
 
     def setup_host(self):
         self.faults.step("setup_host")
@@ -88,16 +103,31 @@ class FakeDatapath(Datapath):
     def nat_rules_supported(self):
         return self._nat
 
+    def _refuse(self):
+        from dockline.control.datapath.base import _nat_needed
+        raise _nat_needed("nat rules", "iptables")
+
     def check_nat(self, state):
         if not self._nat:
-            super().check_nat(state)
+            self._refuse()
 
     def apply_nat(self, state):
         if not self._nat:
-            super().apply_nat(state)
+            self._refuse()
         self.faults.step("apply_nat")
         self.kernel["nat"] = state.nat_rules
         return {"rules": state.nat_rules.count("\n-A ")}
+
+    def conntrack(self, limit=1000):
+        if not self._nat:
+            self._refuse()
+        return []
+
+    def gc_conntrack(self):
+        return self.conntrack() and {}
+
+    def ct_pressure(self):
+        return {}
 
     def snapshot(self) -> dict:
         return copy.deepcopy(self.kernel)

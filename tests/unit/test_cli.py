@@ -275,7 +275,7 @@ def test_bench_help_and_code_agree_on_the_default_candidates(monkeypatch, capsys
     class Stop(Exception):
         pass
 
-    def default_targets(candidates, baseline):
+    def default_targets(candidates, baseline, macvlan=False):
         raise Stop(candidates)
 
     monkeypatch.setattr(main, "usable_candidates", lambda: ["ebpf", "kernel"])

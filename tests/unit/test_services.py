@@ -254,3 +254,12 @@ def test_dns_by_delta_answers_as_a_full_rebuild(tmp_path):
             for ip in {a.ip for a in state.attachments}:
                 assert sorted(svc.names.reverse(key, ip) or []) == sorted(ptr.get(key, {}).get(ip) or [])
             assert svc.names.can_forward(key) == fwd.get(key, True)
+
+
+def test_the_fake_datapath_overrides_the_whole_facade():
+    """A method of the real facade that the fake did not override would run real netlink code
+    (or need parts the fake has not got) inside these unit tests."""
+    from dockline.control.datapath.base import Datapath
+    public = {n for n, v in vars(Datapath).items() if not n.startswith("_") and (callable(v) or isinstance(v, property))}
+    missing = sorted(n for n in public if vars(FakeDatapath).get(n) is None)
+    assert missing == []
