@@ -8,8 +8,8 @@
 
 import pytest
 
-from dockline.bench.nstools import Server, ping, request, sh
-from dockline.bench.simhost import HOST_IP, OUTSIDE_IP, SimHost
+from dockline.control.sim.nstools import Server, ping, request, sh
+from dockline.control.sim.simhost import HOST_IP, OUTSIDE_IP, SimHost
 
 pytestmark = pytest.mark.root
 

@@ -15,8 +15,8 @@ import pytest
 from dnslib import DNSRecord
 from pyroute2 import IPRoute
 
-from dockline.bench.nstools import Server, ping, request, sh
-from dockline.bench.simhost import SimHost
+from dockline.control.sim.nstools import Server, ping, request, sh
+from dockline.control.sim.simhost import SimHost
 from dockline.control.netlink.netns import netns_path, run_in_netns
 
 pytestmark = pytest.mark.root
