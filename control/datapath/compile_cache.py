@@ -7,7 +7,8 @@ the map it created or opened for that path. PIN_DIR appears nowhere else in the 
 two hosts' compiles differ only in those immediates. An entry keeps the instructions with those
 immediates zeroed, which slot holds which map, and every map's definition; a new host opens its
 own pinned maps (creating and pinning the missing ones from the definitions), writes their fds
-into the slots and loads each function with BPF_PROG_LOAD (libbpf's ``bpf_prog_load``).
+into the slots and loads each function with BPF_PROG_LOAD (libbpf's ``bpf_prog_load``). Every call
+into libbpf goes through libbpf.py, the one set of bindings.
 
 Contract:
   * ``entry_key`` covers everything that changes the instructions except the pin folder: the
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatapathError, InvalidArgument
+from . import libbpf
 
 #: where the entries live; "off" disables the cache (every new pin folder compiles)
 CACHE_ENV = "DOCKLINE_BPF_CACHE"
@@ -48,7 +50,6 @@ DEFAULT_CACHE_DIR = "/var/cache/dockline/bpf"
 #: bump when the entry layout or what it means changes: older entries then simply miss
 FORMAT = 1
 
-BPF_OBJ_NAME_LEN = 16
 #: struct bpf_insn (uapi/linux/bpf.h): u8 code, u8 dst_reg:4 src_reg:4, s16 off, s32 imm
 INSN = struct.Struct("=BBhi")
 BPF_LD_IMM64 = 0x18          # BPF_LD | BPF_DW | BPF_IMM, the first half of a 16-byte insn
@@ -61,104 +62,13 @@ class CacheMiss(DatapathError):
     """The cache cannot serve this load; the message says why in one line."""
 
 
-# ---------------------------------------------------------------- libbpf through libbcc
-class BpfMapInfo(ctypes.Structure):
-    """The head of struct bpf_map_info (uapi/linux/bpf.h); the kernel fills what fits."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
-                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
-
-
-class BpfProgInfo(ctypes.Structure):
-    """The head of struct bpf_prog_info (uapi/linux/bpf.h), up to the name. The tag is a hash of
-    the instructions with map fds zeroed, so a cache load and a compile of the same code agree."""
-
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
-                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
-                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
-                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
-                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
-                ("name", ctypes.c_char * BPF_OBJ_NAME_LEN)]
-
-
-class BpfProgLoadOpts(ctypes.Structure):
-    """struct bpf_prog_load_opts of libbpf 1.1 (bpf/bpf.h); ``sz`` tells later versions where it
-    ends."""
-
-    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int),
-                ("expected_attach_type", ctypes.c_uint32), ("prog_btf_fd", ctypes.c_uint32),
-                ("prog_flags", ctypes.c_uint32), ("prog_ifindex", ctypes.c_uint32),
-                ("kern_version", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
-                ("attach_prog_fd", ctypes.c_uint32), ("attach_btf_obj_fd", ctypes.c_uint32),
-                ("fd_array", ctypes.c_void_p), ("func_info", ctypes.c_void_p),
-                ("func_info_cnt", ctypes.c_uint32), ("func_info_rec_size", ctypes.c_uint32),
-                ("line_info", ctypes.c_void_p), ("line_info_cnt", ctypes.c_uint32),
-                ("line_info_rec_size", ctypes.c_uint32), ("log_level", ctypes.c_uint32),
-                ("log_size", ctypes.c_uint32), ("log_buf", ctypes.c_char_p)]
-
-
-class BpfMapCreateOpts(ctypes.Structure):
-    """struct bpf_map_create_opts of libbpf 1.1 (bpf/bpf.h)."""
-
-    _fields_ = [("sz", ctypes.c_size_t), ("btf_fd", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
-                ("btf_value_type_id", ctypes.c_uint32), ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-                ("inner_map_fd", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("map_extra", ctypes.c_uint64), ("numa_node", ctypes.c_uint32),
-                ("map_ifindex", ctypes.c_uint32)]
-
-
-_fns: dict | None = None
-
-
-def _libbpf() -> dict:
-    """Private ctypes function objects (``lib[name]`` makes a new one, so these argtypes do not
-    touch anybody else's) for libbpf calls; libbcc links libbpf.so.1, which exports them."""
-    global _fns
-    if _fns is None:
-        from bcc import libbcc
-        lib = libbcc.lib
-        sig = {
-            "bpf_obj_get": ([ctypes.c_char_p], ctypes.c_int),
-            "bpf_obj_pin": ([ctypes.c_int, ctypes.c_char_p], ctypes.c_int),
-            "bpf_obj_get_info_by_fd": ([ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)],
-                                       ctypes.c_int),
-            "bpf_map_create": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32,
-                                ctypes.c_uint32, ctypes.POINTER(BpfMapCreateOpts)], ctypes.c_int),
-            "bpf_prog_load": ([ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                               ctypes.c_size_t, ctypes.POINTER(BpfProgLoadOpts)], ctypes.c_int),
-        }
-        fns = {}
-        for name, (argtypes, restype) in sig.items():
-            f = lib[name]
-            f.argtypes, f.restype = argtypes, restype
-            fns[name] = f
-        _fns = fns
-    return _fns
-
-
-def _errno(rc: int) -> int:
-    """libbpf 1.x returns -errno (and sets errno)."""
-    return -rc if rc < 0 else (ctypes.get_errno() or errno.EIO)
-
-
-def _info(fd: int, info_type):
-    info = info_type()
-    size = ctypes.c_uint32(ctypes.sizeof(info))
-    rc = _libbpf()["bpf_obj_get_info_by_fd"](fd, ctypes.byref(info), ctypes.byref(size))
-    if rc != 0:
-        raise CacheMiss(f"reading BPF object info of fd {fd} failed: {os.strerror(_errno(rc))}")
-    return info
-
-
-def map_info(fd: int) -> BpfMapInfo:
-    return _info(fd, BpfMapInfo)
-
-
-def prog_info(fd: int) -> BpfProgInfo:
-    """The kernel's view of a loaded program: its tag (same code, same tag, whatever the map
-    fds), name and type."""
-    return _info(fd, BpfProgInfo)
+# ---------------------------------------------------------------- the kernel, through libbpf.py
+def _map_info(fd: int) -> libbpf.BpfMapInfo:
+    """libbpf.map_info, failing as CacheMiss: whatever the cache cannot read, it does not serve."""
+    try:
+        return libbpf.map_info(fd)
+    except DatapathError as e:
+        raise CacheMiss(str(e)) from None
 
 
 def _is_map_fd(fd: int) -> bool:
@@ -168,12 +78,6 @@ def _is_map_fd(fd: int) -> bool:
             return any(line.startswith("map_type:") for line in f)
     except OSError:
         return False
-
-
-def _obj_get(path: Path) -> int:
-    """The fd of the pinned object at ``path``, or -1 if nothing is pinned there."""
-    fd = _libbpf()["bpf_obj_get"](str(path).encode())
-    return fd if fd >= 0 else -1
 
 
 def _close_all(fds):
@@ -198,7 +102,7 @@ class MapDef:
     flags: int
 
     @classmethod
-    def of(cls, pin: str, info: BpfMapInfo) -> "MapDef":
+    def of(cls, pin: str, info: libbpf.BpfMapInfo) -> "MapDef":
         return cls(pin, info.name.decode(), info.type, info.key_size, info.value_size,
                    info.max_entries, info.map_flags)
 
@@ -286,7 +190,7 @@ def capture(name: str, prog_type: int, attach_type: int, insns: bytes, maps_by_i
             continue
         if src != BPF_PSEUDO_MAP_FD:
             raise CacheMiss(f"{name} has an ld_imm64 of kind {src}, which the cache cannot relocate")
-        mid = map_info(imm).id
+        mid = _map_info(imm).id
         if mid not in maps_by_id:
             raise CacheMiss(f"{name} uses a map (id {mid}) that is not pinned in the host's folder")
         pin, mdef = maps_by_id[mid]
@@ -305,13 +209,13 @@ def pinned_maps_by_id(map_dir: Path) -> dict:
     for p in sorted(map_dir.iterdir()) if map_dir.exists() else []:
         if not p.is_file():
             continue
-        fd = _obj_get(p)
-        if fd < 0:
+        fd = libbpf.obj_get_if_pinned(str(p))
+        if fd is None:
             continue
         try:
             if not _is_map_fd(fd):
                 continue
-            info = map_info(fd)
+            info = _map_info(fd)
         finally:
             os.close(fd)
         out[info.id] = (p.name, MapDef.of(p.name, info))
@@ -447,10 +351,10 @@ def _open_or_create_map(map_dir: Path, m: MapDef) -> int:
     new map created from the definition and pinned (the same thing bcc does for a fresh folder)."""
     path = map_dir / m.pin
     for _attempt in range(2):
-        fd = _obj_get(path)
-        if fd >= 0:
+        fd = libbpf.obj_get_if_pinned(str(path))
+        if fd is not None:
             try:
-                have = MapDef.of(m.pin, map_info(fd))
+                have = MapDef.of(m.pin, _map_info(fd))
             except BaseException:
                 os.close(fd)
                 raise
@@ -459,17 +363,18 @@ def _open_or_create_map(map_dir: Path, m: MapDef) -> int:
                 raise CacheMiss(f"pinned map {path} is (type, key, value, max, flags) {have.shape()}, "
                                 f"the cache entry has {m.shape()}")
             return fd
-        opts = BpfMapCreateOpts(sz=ctypes.sizeof(BpfMapCreateOpts), map_flags=m.flags)
-        fd = _libbpf()["bpf_map_create"](m.type, m.name.encode(), m.key_size, m.value_size,
+        opts = libbpf.BpfMapCreateOpts(sz=ctypes.sizeof(libbpf.BpfMapCreateOpts), map_flags=m.flags)
+        fd = libbpf.lib().bpf_map_create(m.type, m.name.encode(), m.key_size, m.value_size,
                                          m.max_entries, ctypes.byref(opts))
         if fd < 0:
-            raise CacheMiss(f"creating map {m.pin} failed: {os.strerror(_errno(fd))}")
-        rc = _libbpf()["bpf_obj_pin"](fd, str(path).encode())
+            raise CacheMiss(f"creating map {m.pin} failed: {os.strerror(libbpf.last_error(fd))}")
+        rc = libbpf.lib().bpf_obj_pin(fd, str(path).encode())
         if rc == 0:
             return fd
+        err = libbpf.last_error(rc)
         os.close(fd)
-        if _errno(rc) != errno.EEXIST:     # EEXIST: another process pinned it first; open that
-            raise CacheMiss(f"pinning map {path} failed: {os.strerror(_errno(rc))}")
+        if err != errno.EEXIST:     # EEXIST: another process pinned it first; open that
+            raise CacheMiss(f"pinning map {path} failed: {os.strerror(err)}")
     raise CacheMiss(f"pinned map {path} appeared and vanished")
 
 
@@ -479,14 +384,14 @@ def _load_function(entry: Entry, img: FuncImage, map_fds: dict) -> int:
         head = INSN.unpack_from(buf, i * INSN.size)[:3]
         INSN.pack_into(buf, i * INSN.size, *head, map_fds[pin])
     insns = bytes(buf)
-    name = img.name[:BPF_OBJ_NAME_LEN - 1].encode()     # what bcc names it (bpftool, detach_named)
-    opts = BpfProgLoadOpts(sz=ctypes.sizeof(BpfProgLoadOpts), kern_version=entry.kern_version,
-                           expected_attach_type=max(img.attach_type, 0))
-    load = _libbpf()["bpf_prog_load"]
+    name = img.name[:libbpf.BPF_OBJ_NAME_LEN - 1].encode()     # what bcc names it (bpftool, detach_named)
+    opts = libbpf.BpfProgLoadOpts(sz=ctypes.sizeof(libbpf.BpfProgLoadOpts), kern_version=entry.kern_version,
+                                  expected_attach_type=max(img.attach_type, 0))
+    load = libbpf.lib().bpf_prog_load
     fd = load(img.prog_type, name, entry.license.encode(), insns, len(insns) // INSN.size, ctypes.byref(opts))
     if fd >= 0:
         return fd
-    err = _errno(fd)
+    err = libbpf.last_error(fd)
     log = ctypes.create_string_buffer(1 << 20)       # once more with the verifier's log, for the reason
     opts.log_level, opts.log_size, opts.log_buf = 1, len(log), ctypes.cast(log, ctypes.c_char_p)
     fd = load(img.prog_type, name, entry.license.encode(), insns, len(insns) // INSN.size, ctypes.byref(opts))

@@ -230,12 +230,14 @@ class Programs:
 
     def _fill_tail_calls(self):
         """Point nat_tail's and nat_tail_xdp's slots at this digest's stages (idempotent; the
-        maps are pinned)."""
+        maps are pinned). The maps are opened through the map schema, the one place that names
+        map layouts (imported here: map_schema imports this module)."""
+        from . import map_schema
         for name, slots in (("nat_tail", NAT_TAIL), ("nat_tail_xdp", NAT_TAIL_XDP)):
-            tail = PinnedMap(str(self.root / name), ctypes.c_uint32, ctypes.c_uint32)
+            tail = map_schema.open_map(self.root, name)
             try:
                 for slot, fn in slots.items():
-                    tail.update(slot, ctypes.c_uint32(self.progs[fn].fd))
+                    tail.update(slot, tail.value_type(self.progs[fn].fd))   # a program fd when written
             finally:
                 tail.close()
 

@@ -8,7 +8,6 @@ the kernel and reports the average duration per run.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 from dataclasses import dataclass
 
@@ -108,7 +107,7 @@ def prog_test_run(prog_fd: int, packet: bytes, *, ifindex: int | None = None,
         opts.ctx_size_in = ctypes.sizeof(ctx)
     rc = libbpf.lib().bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts))   # libbpf.so.1, via libbcc
     if rc != 0:
-        err = -rc if rc < 0 else (ctypes.get_errno() or errno.EIO)
+        err = libbpf.last_error(rc)
         raise RunRefused(err, f"BPF_PROG_TEST_RUN: {os.strerror(err)}")
     return RunResult(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)
 

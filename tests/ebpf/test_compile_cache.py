@@ -21,7 +21,7 @@ import pytest
 
 from dockline.control.datapath import bpf_structs as S
 from dockline.control.datapath import compile_cache as cc
-from dockline.control.datapath import loader
+from dockline.control.datapath import libbpf, loader
 
 from .conftest import BPFFS, TEST_DIR_PREFIX
 from .harness import TC_ACT_SHOT, Maps, RunRefused, prog_test_run, verdict_delta
@@ -113,7 +113,7 @@ def test_a_cache_load_compiles_nothing_and_matches_the_compile(bpf_env, cached_h
     assert p.origin == loader.ORIGIN_CACHE and not p.compiled and not p._bpf_objects
     assert set(p.progs) == set(bpf_env.programs.progs)
     for fn, prog in p.progs.items():
-        mine, compiled = cc.prog_info(prog.fd), cc.prog_info(bpf_env.fd(fn))
+        mine, compiled = libbpf.prog_info(prog.fd), libbpf.prog_info(bpf_env.fd(fn))
         # the tag hashes the instructions with map fds zeroed: same tag, same code
         assert (bytes(mine.tag), mine.type, mine.name, mine.xlated_prog_len) == \
             (bytes(compiled.tag), compiled.type, compiled.name, compiled.xlated_prog_len), fn
@@ -254,12 +254,11 @@ def test_a_pinned_map_of_another_shape_misses(bpf_env, session_cache, hosts):
     key = bpf_env.programs.cache_key()
     root = hosts.folder() / "v1"
     root.mkdir(parents=True)
-    fns = cc._libbpf()
-    opts = cc.BpfMapCreateOpts(sz=ctypes.sizeof(cc.BpfMapCreateOpts))
-    fd = fns["bpf_map_create"](1, b"ct", 4, 4, 16, ctypes.byref(opts))     # a small plain hash
+    opts = libbpf.BpfMapCreateOpts(sz=ctypes.sizeof(libbpf.BpfMapCreateOpts))
+    fd = libbpf.lib().bpf_map_create(1, b"ct", 4, 4, 16, ctypes.byref(opts))     # a small plain hash
     assert fd >= 0
     try:
-        assert fns["bpf_obj_pin"](fd, str(root / "ct").encode()) == 0
+        assert libbpf.lib().bpf_obj_pin(fd, str(root / "ct").encode()) == 0
     finally:
         os.close(fd)
     with pytest.raises(cc.CacheMiss, match=r"pinned map .*/ct is"):

@@ -38,6 +38,11 @@ UAPI_MIRRORS = {
 UNCHECKABLE = {
     prog_run.BpfTestRunOpts: "libbpf's userspace struct (bpf/bpf.h, not installed): its size is "
                              "asserted at import, and every test run exercises it",
+    libbpf.BpfProgLoadOpts: "libbpf's userspace struct (bpf/bpf.h, not installed): its size and "
+                            "offsets are asserted at import, and every compile-cache load exercises it",
+    libbpf.BpfMapCreateOpts: "libbpf's userspace struct (bpf/bpf.h, not installed): its size and "
+                             "offsets are asserted at import; a compile-cache load into a fresh "
+                             "folder exercises it",
 }
 
 
