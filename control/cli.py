@@ -24,6 +24,10 @@ def cmd_daemon(a):
     from .agent import run_agent
     logging.basicConfig(level=getattr(logging, a.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pyroute2 logs every netlink message it decodes at DEBUG (a repr of each attribute: a fifth
+    # of an endpoint's creation at 1,000 endpoints); dockline's own debug lines say what it did
+    if not os.environ.get("DOCKLINE_NETLINK_DEBUG"):
+        logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
     host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath,
                       uplink_xdp=a.uplink_xdp or "", metrics_addr=a.metrics_addr or "",
                       uplinks=a.uplink, ct_gc_interval=a.ct_gc_interval)

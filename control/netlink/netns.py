@@ -38,10 +38,16 @@ def ensure_netns(name: str) -> str:
         except OSError as e:
             if e.errno != errno.EEXIST:
                 raise DatapathError(f"cannot create network namespace {name}: {e.strerror}") from None
-    from pyroute2 import IPRoute
-    with IPRoute(netns=name) as ipr:
-        ipr.link("set", index=1, state="up")
+    run_in_netns(netns_path(name), _loopback_up)
     return netns_path(name)
+
+
+def _loopback_up() -> None:
+    """lo up in the calling thread's netns (a thread that entered it: pyroute2's
+    ``IPRoute(netns=...)`` forks a helper process for every call instead)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        ipr.link("set", index=1, state="up")
 
 
 def remove_netns(name: str) -> None:

@@ -13,6 +13,7 @@ import threading
 from ..config import HostConfig
 from ..datapath.base import DesiredState, LazyPorts
 from ..netlink import netns
+from ..store.records import RecordCache
 from .sandbox import NetnsSandbox
 
 #: meta key holding the user's nat table (iptables-save text)
@@ -31,18 +32,25 @@ class ServiceContext:
         self.datapath = datapath
         self.sandbox = sandbox or NetnsSandbox()
         self.lock = threading.RLock()
+        self._cache = RecordCache(store)
+        self._cache_lock = threading.Lock()
 
     def host_netns_path(self) -> str:
         return netns.netns_path(self.host.host_netns) if self.host.host_netns else "/proc/1/ns/net"
 
     def snapshot(self, ports: bool = False) -> DesiredState:
-        """The desired state in one store transaction. Its published ports are read on first use
-        (``LazyPorts``) unless ``ports``: most changes never look at them. A caller without the
-        lock that needs them asks for ``ports=True`` (read in the same transaction)."""
-        with self.store.transaction() as tx:
-            return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(),
-                                tx.ports() if ports else LazyPorts(self._read_ports),
-                                tx.get_meta(NAT_RULES_KEY, "") or "")
+        """The desired state as of the store's latest revision. Networks, endpoints and attachments
+        come from a cache the store's watch keeps current (its records are shared: never mutate
+        them). The published ports are read on first use (``LazyPorts``) unless ``ports``: most
+        changes never look at them; a caller without the lock that needs them asks for
+        ``ports=True`` (everything read in one transaction)."""
+        if ports:
+            with self.store.transaction() as tx:
+                return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(), tx.ports(),
+                                    tx.get_meta(NAT_RULES_KEY, "") or "")
+        with self._cache_lock:      # the cache follows the store's watch: O(changes since the last)
+            nets, eps, atts, nat = self._cache.read()
+        return DesiredState(nets, eps, atts, LazyPorts(self._read_ports), nat)
 
     def _read_ports(self):
         with self.store.transaction() as tx:

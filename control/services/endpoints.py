@@ -158,8 +158,8 @@ class EndpointService:
         """Make the kernel match ``ep``; ``changes``: the published ports this operation changed,
         when that is all it changed about them (None: the datapath works it out from the state)."""
         ctx = self.ctx
-        if ep.owned and ep.netns_name:
-            ctx.sandbox.ensure(ep.netns_name)
+        if ep.owned and ep.netns_name and not ctx.sandbox.exists(ep.netns_name):
+            ctx.sandbox.ensure(ep.netns_name)       # (reconcile re-checks existing ones)
         state = ctx.snapshot()
         primary = primary_index(state, ep)
         for att in state.attachments_of(ep.id):

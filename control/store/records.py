@@ -37,7 +37,7 @@ import json
 
 from ..errors import Conflict
 from ..model import Attachment, Endpoint, Network, PortMapping
-from .base import KV, Compare, Delete, Put, Scoped, TxnConflict, host_scope, prefix_end
+from .base import KV, Compacted, Compare, Delete, Event, Put, Scoped, TxnConflict, host_scope, prefix_end
 
 SCHEMA_VERSION = 2   # the key layout above; 1 was the table layout of the old SQLite store
 INDEX_CHUNK = 4096   # mappings per by-endpoint index key (~100 KB; etcd's value limit is 1.5 MiB)
@@ -412,3 +412,75 @@ class Store:
 
     def close(self) -> None:
         self.kv.close()
+
+
+class RecordCache:
+    """This host's networks, endpoints, attachments and nat rules as of the store's latest
+    revision, kept current by the watch: ``read()`` costs O(what changed since the last read)
+    (a snapshot of 1,000 endpoints is not decoded again for every operation).
+
+    Contract: the lists ``read`` returns are new on every call and ordered like the
+    transaction's lists (creation order; attachments by endpoint id, then index); the records
+    in them are shared between reads and must not be mutated. A compacted revision (the event
+    log no longer reaches back to the last read) reloads everything.
+    """
+
+    WATCHED = ("networks/", "endpoints/", "attachments/")
+    NAT_KEY = "meta/nat_rules"
+
+    def __init__(self, store: "Store"):
+        self.store = store
+        self.revision: int | None = None
+        self._nets: dict[str, tuple[int, Network]] = {}
+        self._eps: dict[str, tuple[int, Endpoint]] = {}
+        self._atts: dict[str, Attachment] = {}
+        self._nat = ""
+
+    def read(self) -> tuple[list[Network], list[Endpoint], list[Attachment], str]:
+        kv = self.store.records
+        if self.revision is None:
+            self._reload()
+        else:
+            now = kv.revision()
+            if now != self.revision:
+                try:
+                    events = [e for p in self.WATCHED for e in kv.watch_prefix(p, self.revision + 1)]
+                    events += kv.watch(self.NAT_KEY, self.revision + 1)
+                except Compacted:
+                    self._reload()
+                else:
+                    for e in sorted((e for e in events if e.revision <= now), key=lambda e: e.revision):
+                        self._apply(e)
+                    self.revision = now
+        nets = [n for _, n in sorted(self._nets.values(), key=lambda sr: sr[0])]
+        eps = [e for _, e in sorted(self._eps.values(), key=lambda sr: sr[0])]
+        atts = sorted(self._atts.values(), key=lambda a: (a.endpoint_id, a.index))
+        return nets, eps, atts, self._nat
+
+    def _reload(self) -> None:
+        kv = self.store.records
+        with kv.exclusive():            # nobody writes between the revision and the reads
+            rev = kv.revision()
+            self._nets, self._eps, self._atts, self._nat = {}, {}, {}, ""
+            for p in self.WATCHED + (self.NAT_KEY,):
+                for k in kv.get_prefix(p)[0]:
+                    self._apply(Event("put", k))
+        self.revision = rev
+
+    def _apply(self, e: Event) -> None:
+        key, value = e.kv.key, e.kv.value
+        kind, _, rest = key.partition("/")
+        put = e.type == "put"
+        if key == self.NAT_KEY:
+            self._nat = value if put else ""
+        elif kind in ("networks", "endpoints"):
+            table, cls = (self._nets, Network) if kind == "networks" else (self._eps, Endpoint)
+            if put:
+                table[rest] = _seq_and_record(value, cls)
+            else:
+                table.pop(rest, None)
+        elif kind == "attachments":
+            if put:
+                self._atts[rest] = Attachment(**json.loads(value))
+            else:
+                self._atts.pop(rest, None)
