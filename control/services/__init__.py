@@ -23,6 +23,11 @@ from .networks import NetworkService
 from .system import SystemService
 
 
+def _kernel_datapath(host):
+    from ..datapath import build_datapath
+    return build_datapath("kernel", host)
+
+
 class Services:
     def __init__(self, host: HostConfig, store=None, datapath=None, sandbox=None, dns=None):
         fallback = None
@@ -33,9 +38,7 @@ class Services:
             from ..datapath import select_datapath
             datapath = select_datapath(host.datapath, host)
             if host.datapath in ("auto", "") and datapath.name != "kernel":
-                def fallback():
-                    from ..datapath import build_datapath
-                    return build_datapath("kernel", host)
+                fallback = lambda: _kernel_datapath(host)   # noqa: E731 (an auto choice may fall back)
         self.ctx = ServiceContext(host, store, datapath, sandbox)
         self.names = NameService(self.ctx, dns)
         self.networks = NetworkService(self.ctx)
