@@ -50,6 +50,10 @@ def backend(request):
     return request.param
 
 
+#: the backends that keep their keys across a close and a crash (what the durability tests test)
+PERSISTENT = [b for b in BACKENDS if b.persistent]
+
+
 @pytest.fixture
 def clock():
     return FakeClock()
@@ -269,9 +273,8 @@ def test_revoke_deletes_the_keys_and_watchers_see_it(kv):
         kv.grant(0)
 
 
+@pytest.mark.parametrize("backend", PERSISTENT, ids=lambda b: b.name)
 def test_state_survives_reopen(backend, tmp_path, clock):
-    if not backend.persistent:
-        pytest.skip(f"{backend.name} keeps nothing across a close")
     kv = backend.make(tmp_path, clock)
     lease = kv.grant(30)
     kv.put("p/a", "1", lease=lease)
@@ -341,9 +344,8 @@ def _check_consistent(kv, last_revision):
     return rev
 
 
+@pytest.mark.parametrize("backend", PERSISTENT, ids=lambda b: b.name)
 def test_sigkill_at_random_moments_leaves_every_txn_all_or_nothing(backend, tmp_path):
-    if not backend.persistent:
-        pytest.skip(f"{backend.name} keeps nothing across a crash")
     rng = random.Random(20261203)
     os.makedirs(tmp_path / "kv", exist_ok=True)
     script = _CHILD.format(open=backend.child_open)
