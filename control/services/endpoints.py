@@ -204,10 +204,10 @@ class EndpointService:
         with self.ctx.lock:
             with self.ctx.store.transaction() as tx:
                 ep = find_endpoint(tx, ref)
-                sharers = [e.name for e in tx.endpoints() if e.shares == ep.id]
-                if sharers:
-                    raise Conflict(f"endpoint {ep.name} shares its network namespace with "
-                                   f"{', '.join(sorted(sharers))}; remove those first")
+            sharers = [e.name for e in self.ctx.snapshot().sharers_of(ep.id)]
+            if sharers:
+                raise Conflict(f"endpoint {ep.name} shares its network namespace with "
+                               f"{', '.join(sorted(sharers))}; remove those first")
             self._undo(ep)
             log.info("endpoint %s removed", ep.name)
             return {"removed": ep.name, "id": ep.id}

@@ -116,6 +116,7 @@ class SystemService:
 
     def counts(self) -> dict:
         """Current sizes, read as counts (a metrics scrape reads no rows)."""
+        state = self.ctx.snapshot()             # the watch-driven cache: no records decoded
         with self.ctx.store.transaction() as tx:
-            return {"endpoints": len(tx.endpoints()), "networks": len(tx.networks()),
-                    "published_ports": tx.port_count()}
+            ports = tx.port_count()                # one counter key
+        return {"endpoints": len(state.endpoints), "networks": len(state.networks), "published_ports": ports}

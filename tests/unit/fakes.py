@@ -124,7 +124,9 @@ class FakeDatapath(Datapath):
         return []
 
     def gc_conntrack(self):
-        return self.conntrack() and {}
+        if not self._nat:
+            self._refuse()
+        return {}
 
     def ct_pressure(self):
         return {}
