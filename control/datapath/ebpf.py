@@ -36,8 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import protocols
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
-from ..nat.managed import (MANAGED_CHAINS, control_plane_chains, exact_entry, exact_key,  # noqa: F401
-                           ip_of, merged_rules, merged_ruleset, published_as_rules, published_ports)
+from ..nat.managed import exact_entry, exact_key, ip_of, merged_rules, merged_ruleset, published_ports
 from ..nat.reach import bridged_nat_bridges, loopback_may_translate
 from ..nat.rules import Ruleset
 from ..netlink import links

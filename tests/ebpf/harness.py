@@ -176,12 +176,12 @@ class Maps:
         """Compile an iptables-save text and write it as the agent does (NatMaps.apply); returns
         the compiled Program (relative pcs, table ids from 1: what interpreter.run takes).
         ``published``: the control plane's published ports ({(host ip, port, proto): (ip, port)},
-        as ebpf.published_ports makes them) for a chain DOCKLINE the text declares."""
+        as managed.published_ports makes them) for a chain DOCKLINE the text declares."""
         from dockline.control.datapath.nat_maps import NatMaps
         from dockline.control.nat.compiler import compile_ruleset
         from dockline.control.nat.parser import parse_save
 
-        from dockline.control.datapath.ebpf import exact_entry
+        from dockline.control.nat.managed import exact_entry
 
         rs, _ = parse_save(save_text)
         managed = {"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]} if published else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 from dockline.control import protocols
-from dockline.control.datapath import ebpf
+from dockline.control.nat import managed
 from dockline.control.nat import rules
 
 
@@ -31,5 +31,5 @@ def test_the_nat_rules_use_the_table():
 
 
 def test_published_ports_list_with_the_tables_names():
-    listed = ebpf.published_as_rules({("0.0.0.0", 8080, protocols.UDP): ("10.0.0.2", 53)})
+    listed = managed.published_as_rules({("0.0.0.0", 8080, protocols.UDP): ("10.0.0.2", 53)})
     assert [r.proto for r in listed] == ["udp"]
