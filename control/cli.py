@@ -28,6 +28,8 @@ def cmd_daemon(a):
     # of an endpoint's creation at 1,000 endpoints); dockline's own debug lines say what it did
     if not os.environ.get("DOCKLINE_NETLINK_DEBUG"):
         logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+    # asyncio says which selector it picked for every event loop (pyroute2 makes one per socket)
+    logging.getLogger("asyncio").setLevel(max(logging.INFO, logging.getLogger().level))
     host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath,
                       uplink_xdp=a.uplink_xdp or "", metrics_addr=a.metrics_addr or "",
                       uplinks=a.uplink, ct_gc_interval=a.ct_gc_interval)

@@ -101,6 +101,11 @@ class DesiredState:
                 "atts": {k: sorted(v, key=lambda a: a.index) for k, v in atts.items()}, "sharers": sharers}
         return idx
 
+    def adopt_index(self, index: dict) -> None:
+        """Use ``index`` (the shape ``_index`` builds, made by whoever built the lists, e.g. the
+        store's record cache) instead of building it from the lists on first use."""
+        self.__dict__["_idx"] = index
+
     def network(self, net_id: str) -> Network:
         return self._index()["nets"][net_id]
 

@@ -15,12 +15,12 @@ import ipaddress
 import os
 import socket
 import struct
-import subprocess
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import Conflict, DatapathError
+from . import rawlink
 from .netns import run_in_netns
 
 
@@ -86,11 +86,15 @@ def host_links(ipr: IPRoute, prefix: str | tuple[str, ...]) -> list[str]:
 
 def set_hairpin(name: str, on: bool = True) -> None:
     """Let a bridge port send frames back out of itself (a container reaching its own published
-    port). pyroute2 0.9 has no AF_BRIDGE protinfo setter, so iproute2 does this one write."""
-    r = subprocess.run(["bridge", "link", "set", "dev", name, "hairpin", "on" if on else "off"],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        raise DatapathError(f"setting hairpin on {name} failed: {r.stderr.strip()}")
+    port). One raw RTM_SETLINK (pyroute2 0.9 has no AF_BRIDGE protinfo setter; iproute2's
+    ``bridge link set`` dumps every link first, which grows with the endpoints)."""
+    index = _index_of(name)
+    if index is None:
+        raise DatapathError(f"setting hairpin on {name} failed: no such interface")
+    try:
+        rawlink.set_bridge_port_hairpin(index, on)
+    except OSError as e:
+        raise DatapathError(f"setting hairpin on {name} failed: {e.strerror}") from None
 
 
 SIOCETHTOOL = 0x8946
@@ -123,75 +127,100 @@ def ensure_veth(ipr: IPRoute, host_ifname: str, bridge_index: int | None, netns_
                 ifname: str, mac: str, address: str, mtu: int, gateway: str | None) -> int:
     """A veth pair whose host end ``host_ifname`` is a port of ``bridge_index`` (if given) and whose
     other end is ``ifname`` inside ``netns_path`` with ``mac``, ``address`` (CIDR), ``mtu``, up, and
-    a default route via ``gateway`` when one is given. Returns the host end's ifindex."""
+    a default route via ``gateway`` when one is given. Returns the host end's ifindex.
+
+    A new pair is made in one request (MTU, master and up set on creation) and finished inside
+    the namespace by one thread (rename and configure): every extra request and thread is paid
+    per endpoint."""
     idx = link_index(ipr, host_ifname)
     if idx is not None and not run_in_netns(netns_path, _has_link, ifname):
         # Half-built (crash between create and move): start over.
         remove_link(ipr, host_ifname)
         idx = None
+    tmp = None
     try:
         if idx is None:
             tmp = "dlp" + host_ifname[3:]
             remove_link(ipr, tmp)
-            ipr.link("add", ifname=host_ifname, kind="veth", peer={"ifname": tmp, "mtu": mtu})
+            extra = {"master": bridge_index} if bridge_index is not None else {}
+            ipr.link("add", ifname=host_ifname, kind="veth", mtu=mtu, state="up",
+                     peer={"ifname": tmp, "mtu": mtu, "address": mac}, **extra)
             idx = link_index(ipr, host_ifname)
             fd = os.open(netns_path, os.O_RDONLY)
             try:
                 ipr.link("set", index=link_index(ipr, tmp), net_ns_fd=fd)
             finally:
                 os.close(fd)
-            run_in_netns(netns_path, _rename, tmp, ifname)
-        (link,) = ipr.get_links(idx)
-        if link.get_attr("IFLA_MTU") != mtu:
-            ipr.link("set", index=idx, mtu=mtu)
-        if bridge_index is not None and link.get_attr("IFLA_MASTER") != bridge_index:
-            ipr.link("set", index=idx, master=bridge_index)
-        ipr.link("set", index=idx, state="up")
+        else:
+            (link,) = ipr.get_links(idx)
+            if link.get_attr("IFLA_MTU") != mtu:
+                ipr.link("set", index=idx, mtu=mtu)
+            if bridge_index is not None and link.get_attr("IFLA_MASTER") != bridge_index:
+                ipr.link("set", index=idx, master=bridge_index)
+            ipr.link("set", index=idx, state="up")
     except NetlinkError as e:
         raise _fail(host_ifname, "creating veth", e) from None
-    run_in_netns(netns_path, _configure_inside, ifname, mac, address, mtu, gateway)
+    run_in_netns(netns_path, _rename_and_configure, tmp, ifname, mac, address, mtu, gateway)
     return idx
 
 
 def _has_link(name: str) -> bool:
-    with IPRoute() as ipr:
-        return link_index(ipr, name) is not None
+    return link_index(None, name) is not None
 
 
 def _rename(old: str, new: str) -> None:
     with IPRoute() as ipr:
-        idx = link_index(ipr, old)
-        if link_index(ipr, new) is not None:
-            raise Conflict(f"interface {new} already exists in the endpoint's network namespace")
-        ipr.link("set", index=idx, ifname=new)
+        _rename_with(ipr, old, new)
+
+
+def _rename_with(ipr: IPRoute, old: str, new: str) -> None:
+    idx = link_index(ipr, old)
+    if link_index(ipr, new) is not None:
+        raise Conflict(f"interface {new} already exists in the endpoint's network namespace")
+    ipr.link("set", index=idx, ifname=new)
+
+
+def _rename_and_configure(tmp: str | None, ifname: str, mac: str, address: str, mtu: int,
+                          gateway: str | None) -> None:
+    with IPRoute() as ipr:
+        if tmp is not None:
+            try:
+                _rename_with(ipr, tmp, ifname)
+            except NetlinkError as e:
+                raise _fail(ifname, "renaming endpoint interface", e) from None
+        _configure_with(ipr, ifname, mac, address, mtu, gateway)
 
 
 def _configure_inside(ifname: str, mac: str, address: str, mtu: int, gateway: str | None) -> None:
     """Bring ``ifname`` to the wanted state, touching only what differs: a reconcile after an
     agent restart must not bounce a working interface (that would flush its routes)."""
-    iface = ipaddress.IPv4Interface(address)
     with IPRoute() as ipr:
-        idx = link_index(ipr, ifname)
-        try:
-            (link,) = ipr.get_links(idx)
-            if link.get_attr("IFLA_ADDRESS") != mac.lower():
-                ipr.link("set", index=idx, state="down")   # a new MAC only while down
-                ipr.link("set", index=idx, address=mac)
-            if link.get_attr("IFLA_MTU") != mtu:
-                ipr.link("set", index=idx, mtu=mtu)
-            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
-            want = (str(iface.ip), iface.network.prefixlen)
-            for addr, plen in have - {want}:
-                ipr.addr("del", index=idx, address=addr, prefixlen=plen)
-            if want not in have:
-                ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
-            ipr.link("set", index=idx, state="up")
-            lo = link_index(ipr, "lo")
-            ipr.link("set", index=lo, state="up")
-            if gateway:
-                ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
-        except NetlinkError as e:
-            raise _fail(ifname, "configuring endpoint interface", e) from None
+        _configure_with(ipr, ifname, mac, address, mtu, gateway)
+
+
+def _configure_with(ipr: IPRoute, ifname: str, mac: str, address: str, mtu: int, gateway: str | None) -> None:
+    iface = ipaddress.IPv4Interface(address)
+    idx = link_index(ipr, ifname)
+    try:
+        (link,) = ipr.get_links(idx)
+        if link.get_attr("IFLA_ADDRESS") != mac.lower():
+            ipr.link("set", index=idx, state="down")   # a new MAC only while down
+            ipr.link("set", index=idx, address=mac)
+        if link.get_attr("IFLA_MTU") != mtu:
+            ipr.link("set", index=idx, mtu=mtu)
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+        want = (str(iface.ip), iface.network.prefixlen)
+        for addr, plen in have - {want}:
+            ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+        if want not in have:
+            ipr.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        ipr.link("set", index=idx, state="up")
+        lo = link_index(ipr, "lo")
+        ipr.link("set", index=lo, state="up")
+        if gateway:
+            ipr.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+    except NetlinkError as e:
+        raise _fail(ifname, "configuring endpoint interface", e) from None
 
 
 def remove_inside(netns_path: str, ifname: str) -> None:
@@ -251,8 +280,8 @@ def ensure_macvlan(ipr: IPRoute, parent: str, tmp_name: str, mode: str, netns_pa
 
 
 def _index_of(name: str) -> int | None:
-    with IPRoute() as ipr:
-        return link_index(ipr, name)
+    """The ifindex of ``name`` in the calling thread's netns, or None."""
+    return link_index(None, name)
 
 
 def kind_supported(ipr: IPRoute, kind: str) -> tuple[bool, str]:

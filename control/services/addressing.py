@@ -22,7 +22,7 @@ def attach_record(tx, net: Network, ep: Endpoint, static_ip: str | None, aliases
     """Lease an address on ``net`` for ``ep`` (``static_ip`` or the next free one, round-robin)
     and store the attachment: interface ``eth<n>`` inside, veth peer named after both ids."""
     pool = ipam.Pool(net.subnet, net.gateway, net.ip_range)
-    leased = {ip for _, ip, _ in tx.leases(net.id)}
+    leased = _Leased(tx, net.id)
     if static_ip:
         pool.check_static(ipaddress.IPv4Address(static_ip), net.name)
         if static_ip in leased:
@@ -38,6 +38,26 @@ def attach_record(tx, net: Network, ep: Endpoint, static_ip: str | None, aliases
                      host_ifname=veth_name(ep.id, net.id), aliases=list(aliases), index=index)
     tx.put_attachment(att)
     return att
+
+
+class _Leased:
+    """The addresses leased on one network, as ``in`` asks about them: one key read per address
+    asked (round-robin allocation asks about one or a few), switching to one read of all the
+    network's leases after ``POINT_READS`` (a nearly full range would otherwise cost a read per
+    address). Both kinds of read join the transaction's conflict check."""
+
+    POINT_READS = 32
+
+    def __init__(self, tx, net_id: str):
+        self.tx, self.net_id, self.asked, self.all = tx, net_id, 0, None
+
+    def __contains__(self, ip: str) -> bool:
+        if self.all is None:
+            self.asked += 1
+            if self.asked <= self.POINT_READS:
+                return self.tx.lease_holder(self.net_id, ip) is not None
+            self.all = {leased for _, leased, _ in self.tx.leases(self.net_id)}
+        return ip in self.all
 
 
 def _collides(holders, host_ip: str) -> bool:

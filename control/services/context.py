@@ -49,8 +49,10 @@ class ServiceContext:
                 return DesiredState(tx.networks(), tx.endpoints(), tx.attachments(), tx.ports(),
                                     tx.get_meta(NAT_RULES_KEY, "") or "")
         with self._cache_lock:      # the cache follows the store's watch: O(changes since the last)
-            nets, eps, atts, nat = self._cache.read()
-        return DesiredState(nets, eps, atts, LazyPorts(self._read_ports), nat)
+            nets, eps, atts, nat, index = self._cache.read_indexed()
+        state = DesiredState(nets, eps, atts, LazyPorts(self._read_ports), nat)
+        state.adopt_index(index)
+        return state
 
     def _read_ports(self):
         with self.store.transaction() as tx:

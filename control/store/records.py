@@ -37,7 +37,7 @@ import json
 
 from ..errors import Conflict
 from ..model import Attachment, Endpoint, Network, PortMapping
-from .base import KV, Compacted, Compare, Delete, Event, Put, Scoped, TxnConflict, host_scope, prefix_end
+from .base import KV, Compacted, Compare, Delete, Put, Scoped, TxnConflict, host_scope, prefix_end
 
 SCHEMA_VERSION = 2   # the key layout above; 1 was the table layout of the old SQLite store
 INDEX_CHUNK = 4096   # mappings per by-endpoint index key (~100 KB; etcd's value limit is 1.5 MiB)
@@ -159,11 +159,11 @@ class Transaction:
 
     def delete_endpoint(self, ep_id: str) -> None:
         self.delete_ports(ep_id)
+        for att in self.attachments(ep_id=ep_id):
+            if self.lease_holder(att.network_id, att.ip) == ep_id:
+                self.release(att.network_id, att.ip)
         for k, _ in self._prefix(f"attachments/{ep_id}/"):
             self._delete(k)
-        for k, owner in self._prefix("leases/"):
-            if owner == ep_id:
-                self._delete(k)
         self._delete_named("endpoints", ep_id)
 
     def endpoints(self) -> list[Endpoint]:
@@ -224,6 +224,10 @@ class Transaction:
                 return
             raise Conflict(f"address {ip} is already in use")
         self._put(key, owner)
+
+    def lease_holder(self, net_id: str, ip: str) -> str | None:
+        """Who holds ``ip`` on ``net_id`` (None: nobody); one key read."""
+        return self._get(f"leases/{net_id}/{ip}")
 
     def release(self, net_id: str, ip: str) -> None:
         self._delete(f"leases/{net_id}/{ip}")
@@ -417,12 +421,19 @@ class Store:
 class RecordCache:
     """This host's networks, endpoints, attachments and nat rules as of the store's latest
     revision, kept current by the watch: ``read()`` costs O(what changed since the last read)
-    (a snapshot of 1,000 endpoints is not decoded again for every operation).
+    plus copying the lists (a snapshot of 1,000 endpoints is not decoded, sorted or indexed again
+    for every operation).
 
     Contract: the lists ``read`` returns are new on every call and ordered like the
     transaction's lists (creation order; attachments by endpoint id, then index); the records
-    in them are shared between reads and must not be mutated. A compacted revision (the event
-    log no longer reaches back to the last read) reloads everything.
+    in them are shared between reads and must not be mutated. ``read_indexed`` adds lookups by
+    id (``DesiredState``'s index: its dicts are new on every call, their values shared). A
+    compacted revision (the event log no longer reaches back to the last read) reloads
+    everything.
+
+    Creation order is the tables' insertion order: a new record's sequence number is above every
+    earlier one (commits are serialized on the "seq" key), an update keeps its place, and a
+    reload inserts by sequence number.
     """
 
     WATCHED = ("networks/", "endpoints/", "attachments/")
@@ -431,56 +442,106 @@ class RecordCache:
     def __init__(self, store: "Store"):
         self.store = store
         self.revision: int | None = None
-        self._nets: dict[str, tuple[int, Network]] = {}
-        self._eps: dict[str, tuple[int, Endpoint]] = {}
-        self._atts: dict[str, Attachment] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        self._nets: dict[str, Network] = {}                 # creation order
+        self._eps: dict[str, Endpoint] = {}                 # creation order
+        self._atts: dict[str, dict[str, Attachment]] = {}   # endpoint id -> network id -> att
+        self._atts_of: dict[str, tuple[Attachment, ...]] = {}   # endpoint id -> by index
+        self._sharers: dict[str, dict[str, Endpoint]] = {}  # shared endpoint id -> sharers
+        self._flat: list[Attachment] | None = None          # every attachment, sorted
         self._nat = ""
 
     def read(self) -> tuple[list[Network], list[Endpoint], list[Attachment], str]:
+        self._catch_up()
+        return list(self._nets.values()), list(self._eps.values()), list(self._sorted_atts()), self._nat
+
+    def read_indexed(self) -> tuple[list[Network], list[Endpoint], list[Attachment], str, dict]:
+        """``read()`` and the index ``DesiredState`` would otherwise build from the lists."""
+        nets, eps, atts, nat = self.read()
+        index = {"nets": dict(self._nets), "eps": dict(self._eps), "atts": dict(self._atts_of),
+                 "sharers": {k: list(v.values()) for k, v in self._sharers.items()}}
+        return nets, eps, atts, nat, index
+
+    def _sorted_atts(self) -> list[Attachment]:
+        if self._flat is None:
+            self._flat = [a for ep_id in sorted(self._atts_of) for a in self._atts_of[ep_id]]
+        return self._flat
+
+    def _catch_up(self) -> None:
         kv = self.store.records
         if self.revision is None:
             self._reload()
-        else:
-            now = kv.revision()
-            if now != self.revision:
-                try:
-                    events = [e for p in self.WATCHED for e in kv.watch_prefix(p, self.revision + 1)]
-                    events += kv.watch(self.NAT_KEY, self.revision + 1)
-                except Compacted:
-                    self._reload()
-                else:
-                    for e in sorted((e for e in events if e.revision <= now), key=lambda e: e.revision):
-                        self._apply(e)
-                    self.revision = now
-        nets = [n for _, n in sorted(self._nets.values(), key=lambda sr: sr[0])]
-        eps = [e for _, e in sorted(self._eps.values(), key=lambda sr: sr[0])]
-        atts = sorted(self._atts.values(), key=lambda a: (a.endpoint_id, a.index))
-        return nets, eps, atts, self._nat
+            return
+        now = kv.revision()
+        if now == self.revision:
+            return
+        try:
+            events = [e for p in self.WATCHED for e in kv.watch_prefix(p, self.revision + 1)]
+            events += kv.watch(self.NAT_KEY, self.revision + 1)
+        except Compacted:
+            self._reload()
+            return
+        for e in sorted((e for e in events if e.revision <= now), key=lambda e: e.revision):
+            self._apply(e.type == "put", e.kv.key, e.kv.value)
+        self.revision = now
 
     def _reload(self) -> None:
         kv = self.store.records
         with kv.exclusive():            # nobody writes between the revision and the reads
             rev = kv.revision()
-            self._nets, self._eps, self._atts, self._nat = {}, {}, {}, ""
-            for p in self.WATCHED + (self.NAT_KEY,):
-                for k in kv.get_prefix(p)[0]:
-                    self._apply(Event("put", k))
+            rows = {p: kv.get_prefix(p)[0] for p in self.WATCHED + (self.NAT_KEY,)}
+        self._clear()
+        for p in ("networks/", "endpoints/"):      # inserted in creation order
+            for k in sorted(rows.pop(p), key=lambda k: int(k.value.partition(" ")[0])):
+                self._apply(True, k.key, k.value)
+        for kvs in rows.values():
+            for k in kvs:
+                self._apply(True, k.key, k.value)
         self.revision = rev
 
-    def _apply(self, e: Event) -> None:
-        key, value = e.kv.key, e.kv.value
+    def _apply(self, put: bool, key: str, value: str) -> None:
         kind, _, rest = key.partition("/")
-        put = e.type == "put"
         if key == self.NAT_KEY:
             self._nat = value if put else ""
-        elif kind in ("networks", "endpoints"):
-            table, cls = (self._nets, Network) if kind == "networks" else (self._eps, Endpoint)
+        elif kind == "networks":
             if put:
-                table[rest] = _seq_and_record(value, cls)
+                self._nets[rest] = _seq_and_record(value, Network)[1]
             else:
-                table.pop(rest, None)
+                self._nets.pop(rest, None)
+        elif kind == "endpoints":
+            self._endpoint_changed(rest, _seq_and_record(value, Endpoint)[1] if put else None)
         elif kind == "attachments":
+            ep_id, _, net_id = rest.partition("/")
+            of = self._atts.setdefault(ep_id, {})
             if put:
-                self._atts[rest] = Attachment(**json.loads(value))
+                of[net_id] = Attachment(**json.loads(value))
             else:
-                self._atts.pop(rest, None)
+                of.pop(net_id, None)
+            if of:
+                self._atts_of[ep_id] = tuple(sorted(of.values(), key=lambda a: a.index))
+            else:
+                self._atts.pop(ep_id, None)
+                self._atts_of.pop(ep_id, None)
+            self._flat = None
+
+    def _endpoint_changed(self, ep_id: str, ep: Endpoint | None) -> None:
+        """Put (``ep``) or delete (None) one endpoint, keeping its place and the sharer index."""
+        old = self._eps.get(ep_id)
+        if old is not None and ep is not None and old.shares == ep.shares:
+            self._eps[ep_id] = ep
+            if ep.shares:
+                self._sharers[ep.shares][ep_id] = ep     # keeps its place
+            return
+        if old is not None and old.shares:
+            sharers = self._sharers.get(old.shares, {})
+            sharers.pop(ep_id, None)
+            if not sharers:
+                self._sharers.pop(old.shares, None)
+        if ep is None:
+            self._eps.pop(ep_id, None)
+            return
+        self._eps[ep_id] = ep
+        if ep.shares:
+            self._sharers.setdefault(ep.shares, {})[ep_id] = ep

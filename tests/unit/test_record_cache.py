@@ -66,3 +66,43 @@ def test_cache_reloads_after_compaction(store, monkeypatch):
     monkeypatch.setattr(cache, "_reload", lambda: (reloads.append(1), real()))
     assert [n.id for n in cache.read()[0]] == ["a", "b", "c"]
     assert reloads == [1]
+
+
+def test_cache_index_matches_the_index_built_from_the_lists(store):
+    """The index the cache hands the snapshot answers like the one DesiredState builds itself."""
+    from dockline.control.datapath.base import DesiredState
+    rnd = random.Random(5)
+    cache = RecordCache(store)
+    with store.transaction() as tx:
+        for n in ("a", "b"):
+            tx.put_network(Network(id=n, name=n, driver="bridge"))
+    eps = []
+    for step in range(200):
+        with store.transaction() as tx:
+            r = rnd.random()
+            if r < 0.4 or not eps:
+                e = Endpoint(id=f"e{step}", name=f"ep{step}", mode="bridge", netns_path="")
+                if eps and rnd.random() < 0.3:
+                    e.mode, e.shares = "container", rnd.choice(eps).id
+                tx.put_endpoint(e)
+                eps.append(e)
+                for i, n in enumerate(rnd.sample(["a", "b"], rnd.randint(0, 2))):
+                    tx.put_attachment(Attachment(e.id, n, f"10.0.{i}.{step}", "", f"eth{i}", "v", index=i))
+            elif r < 0.6:
+                e = rnd.choice(eps)
+                e.name = f"renamed{step}"
+                tx.put_endpoint(e)
+            elif r < 0.8:
+                tx.delete_attachment(rnd.choice(eps).id, rnd.choice("ab"))
+            else:
+                tx.delete_endpoint(eps.pop(rnd.randrange(len(eps))).id)
+        nets, eps_now, atts, nat, index = cache.read_indexed()
+        built = DesiredState(nets, eps_now, atts)
+        adopted = DesiredState(nets, eps_now, atts)
+        adopted.adopt_index(index)
+        for e in eps_now:
+            assert adopted.endpoint(e.id) == built.endpoint(e.id)
+            assert adopted.attachments_of(e.id) == built.attachments_of(e.id), step
+            assert adopted.sharers_of(e.id) == built.sharers_of(e.id), step
+        for n in nets:
+            assert adopted.network(n.id) == built.network(n.id)
