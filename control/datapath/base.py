@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
@@ -241,6 +242,7 @@ class Datapath:
         self.chains = IptablesChains()
         self.drivers = {n: cls(self) for n, cls in DRIVERS.items()}
         self.bpf = None                 # ebpf.EbpfRuntime when a part needs it (made by setup_host)
+        self._departing: list[str] = []  # host interfaces dying with their namespaces
         self._wants_bpf = forwarding.needs_bpf or nat.needs_bpf
 
     def driver(self, net: Network):
@@ -312,13 +314,31 @@ class Datapath:
         elif joined.inside_ifindex is not None:
             self.bpf.guard_inside(net, ep, att, joined.inside_ifindex)
 
-    def remove_attachment(self, net: Network, ep: Endpoint, att: Attachment) -> None:
+    def remove_attachment(self, net: Network, ep: Endpoint, att: Attachment, netns_going: bool = False) -> None:
+        """Take ``att`` off the kernel. ``netns_going``: the endpoint's namespace is removed next,
+        and what lives in it may be left to die with it; ``finish_removals`` then waits for the
+        host ends that go with it."""
         flushed = self.nat.forget_endpoint(att)
         if flushed:
             log.info("endpoint %s left %s: %d conntrack entries of its flows removed", ep.name, net.name, flushed)
         if self.bpf is not None:
             self.bpf.detach(net, ep, att, guarded=not self.driver(net).host_device)
-        self.driver(net).remove_attachment(net, ep, att)
+        departing = self.driver(net).remove_attachment(net, ep, att, netns_going=netns_going)
+        self._departing.extend(departing or ())
+
+    def finish_removals(self, timeout: float = 20.0) -> None:
+        """Wait until the host interfaces left to die with their namespaces are gone (the kernel
+        removes them from a work queue, in batches); delete what is still there at ``timeout``."""
+        from ..netlink import links
+        names, self._departing = self._departing, []
+        deadline = time.monotonic() + timeout
+        while names and time.monotonic() < deadline:
+            names = [n for n in names if links.link_index(self.ipr, n) is not None]
+            if names:
+                time.sleep(0.05)
+        for name in names:
+            log.warning("interface %s outlived its namespace: deleting it", name)
+            links.remove_link(self.ipr, name)
 
     # ---------------------------------------------------------------- policy
     def sync_policy(self, state: DesiredState, changes: PortChanges | None = None) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 from ..config import resolv_conf_dir
+from ..errors import DocklineError
 from ..netlink import netns
 from ..netlink.links import remove_inside
 
@@ -37,9 +39,29 @@ class NetnsSandbox:
 
     def remove(self, name: str) -> None:
         """Stop what runs inside (``dockline run … CMD``), then remove the netns and its files."""
-        self._kill_processes(name)
+        self._kill_processes([name])
         netns.remove_netns(name)
-        shutil.rmtree(resolv_conf_dir(name), ignore_errors=True)
+        _remove_resolv_dir(name)
+
+    def remove_many(self, names: list[str]) -> list[str]:
+        """``remove`` for each of ``names``, with one scan of /proc and the unmounts run side by
+        side (each waits out an RCU grace period; waiting together, they share them). Returns
+        the errors (each namespace is tried)."""
+        if not names:
+            return []
+        self._kill_processes(names)
+        errors: list[str] = []
+
+        def one(name):
+            try:
+                netns.remove_netns(name)
+            except DocklineError as e:
+                errors.append(str(e))
+            _remove_resolv_dir(name)
+
+        with ThreadPoolExecutor(max_workers=min(16, len(names)), thread_name_prefix="netns-rm") as pool:
+            list(pool.map(one, names))
+        return errors
 
     def list(self, prefix: str) -> list[str]:
         return netns.list_netns(prefix)
@@ -56,19 +78,37 @@ class NetnsSandbox:
         remove_inside(netns_path, ifname)
 
     @staticmethod
-    def _kill_processes(name: str) -> None:
-        path = netns.netns_path(name)
-        try:
-            target = os.stat(path)
-        except FileNotFoundError:
+    def _kill_processes(names: list[str]) -> None:
+        """SIGKILL every process (but this one) inside the namespaces ``names``: one /proc scan."""
+        targets = set()
+        for name in names:
+            try:
+                st = os.stat(netns.netns_path(name))
+            except FileNotFoundError:
+                continue
+            targets.add((st.st_dev, st.st_ino))
+        if not targets:
             return
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 st = os.stat(f"/proc/{pid}/ns/net")
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino) and int(pid) != os.getpid():
+            if (st.st_dev, st.st_ino) in targets and int(pid) != os.getpid():
                 try:
                     os.kill(int(pid), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _remove_resolv_dir(name: str) -> None:
+    """/etc/netns/<name>: the resolv.conf we wrote, then the folder (anything else a user put
+    there: the whole tree)."""
+    d = resolv_conf_dir(name)
+    try:
+        os.unlink(os.path.join(d, "resolv.conf"))
+        os.rmdir(d)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(d, ignore_errors=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 
 from dockline.control.datapath.base import Datapath
-from dockline.control.errors import DatapathError
+from dockline.control.errors import DatapathError, DocklineError
 
 
 class Faults:
@@ -35,6 +35,7 @@ class FakeDatapath(Datapath):
         self.host = host
         self.faults = faults or Faults()
         self.kernel = {"networks": {}, "links": {}, "policy": None, "nat": ""}
+        self._departing: list[str] = []
         self._nat = nat
 
     @classmethod
@@ -79,9 +80,18 @@ class FakeDatapath(Datapath):
             raise DatapathError(f"no bridge for network {net.name}")
         self.kernel["links"][att.host_ifname] = (net.id, ep.id, att.ip, att.ifname, primary)
 
-    def remove_attachment(self, net, ep, att):
+    def remove_attachment(self, net, ep, att, netns_going=False):
         self.faults.step(f"remove_attachment {ep.name}/{net.name}")
-        self.kernel["links"].pop(att.host_ifname, None)
+        if netns_going:          # the interface dies with the namespace: gone once it goes
+            self._departing.append(att.host_ifname)
+        else:
+            self.kernel["links"].pop(att.host_ifname, None)
+
+    def finish_removals(self):
+        self.faults.step("finish_removals")
+        for name in self._departing:
+            self.kernel["links"].pop(name, None)
+        self._departing = []
 
     def sync_policy(self, state, changes=None):
         self.faults.step("sync_policy")
@@ -166,6 +176,15 @@ class FakeSandbox:
     def remove(self, name):
         self.faults.step(f"netns rm {name}")
         self.namespaces.pop(name, None)
+
+    def remove_many(self, names):
+        errors = []
+        for name in names:
+            try:
+                self.remove(name)
+            except DocklineError as e:
+                errors.append(str(e))
+        return errors
 
     def list(self, prefix):
         return [n for n in self.namespaces if n.startswith(prefix)]

@@ -63,7 +63,11 @@ class NetworkDriver:
     def ensure_attachment(self, net, ep, att, primary: bool) -> Joined:
         raise NotSupported(f"network {net.name} ({self.name}) has no interfaces for endpoints")
 
-    def remove_attachment(self, net, ep, att) -> None: ...
+    def remove_attachment(self, net, ep, att, netns_going: bool = False) -> list[str]:
+        """Take the endpoint's interface off ``net``. ``netns_going``: its namespace is removed
+        next, so what lives inside may be left to die with it. Returns the host interfaces that
+        will go with the namespace (the caller waits for them), else []."""
+        return []
 
     def wanted_host_links(self, state) -> set[str]:
         """Names (with one of ``host_prefixes``) that ``state`` needs in the host netns."""

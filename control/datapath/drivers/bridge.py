@@ -43,8 +43,11 @@ class BridgeDriver(NetworkDriver):
         links.set_hairpin(att.host_ifname)
         return Joined(host_ifindex=idx)
 
-    def remove_attachment(self, net, ep, att):
+    def remove_attachment(self, net, ep, att, netns_going=False):
+        if netns_going:             # the pair dies with its inside end: the kernel batches that
+            return [att.host_ifname]
         links.remove_link(self.dp.ipr, att.host_ifname)
+        return []
 
     def wanted_host_links(self, state):
         want = {n.bridge for n in state.networks if n.driver == self.name}

@@ -68,9 +68,11 @@ class MacvlanDriver(NetworkDriver):
                                    f"{att.ip}/{plen}", net.mtu, gateway)
         return Joined(inside_ifindex=idx)
 
-    def remove_attachment(self, net, ep, att):
-        links.remove_inside(ep.netns_path, att.ifname)
-        links.remove_link(self.dp.ipr, TMP_PREFIX + att.host_ifname[3:])
+    def remove_attachment(self, net, ep, att, netns_going=False):
+        if not netns_going:         # otherwise it dies with the namespace
+            links.remove_inside(ep.netns_path, att.ifname)
+        links.remove_link(self.dp.ipr, TMP_PREFIX + att.host_ifname[3:])   # a crash's leftover
+        return []
 
 
 class IpvlanDriver(NetworkDriver):
