@@ -22,7 +22,8 @@ def usable_candidates() -> list[str]:
 def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration: float | None = None,
               metrics: list[str] | None = None, candidates: list[str] | None = None, baseline: str = "auto",
               check: str | None = None, tolerance: float | None = None, write_baseline: str | None = None,
-              inject_slowdown: float = 0.0, as_json: bool = False, macvlan: bool = False) -> int:
+              inject_slowdown: float = 0.0, as_json: bool = False, macvlan: bool = False,
+              endpoints: int = 0) -> int:
     console = Console(stderr=True)
     unknown = sorted(set(metrics or ()) - set(known_metric_ids()))
     if unknown:   # a typo must not quietly measure nothing
@@ -34,6 +35,10 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
     candidates = tuple(candidates or usable_candidates())
     targets = default_targets(candidates, baseline, macvlan=macvlan)
     results = Run(targets, settings, console).execute()
+    if endpoints:
+        from . import endpoint_costs
+        results["endpoint_costs"] = endpoint_costs.measure(candidates, endpoints, rounds=max(20, settings.rounds * 6),
+                                                           console=console)
     outdir = Path(out)
     files = report.write(results, outdir)
     console.print(f"report: {files['markdown']}  data: {files['json']}  plots: "

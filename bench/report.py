@@ -159,6 +159,8 @@ def markdown(results: dict) -> str:
         lines.append(f"| {rec['title']} | " + " | ".join(cells) + " |")
     lines += design_table(results)
     lines += macvlan_table(results)
+    from .endpoint_costs import table as endpoint_table
+    lines += endpoint_table(results)
     lines += mappings_table(results)
     names = list(t)
     lines += ["", "## Absolute numbers (medians; they depend on this machine, compare only within a run)", "",

@@ -48,7 +48,7 @@ def cmd_bench(a):
     return run_bench(a.out, quick=a.quick, rounds=a.rounds, duration=a.duration, metrics=a.metric,
                      candidates=a.datapath, baseline=a.baseline, check=a.check, tolerance=a.tolerance,
                      write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json,
-                     macvlan=a.macvlan)
+                     macvlan=a.macvlan, endpoints=a.endpoints)
 
 
 def cmd_info(a, c):
@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--macvlan", action="store_true",
                    help="add the macvlan row (P12): container to container on one parent, against Docker's own "
                         "macvlan driver (real dockerd) and against the bridge path")
+    b.add_argument("--endpoints", type=int, default=0, metavar="N",
+                   help="add the endpoint-cost row: create+rm with 0 and with N endpoints present, and the "
+                        "reset of N, per candidate (N = 1000 takes a few minutes per candidate)")
     b.add_argument("--inject-slowdown", type=float, default=0.0, metavar="FRACTION",
                    help="slow the candidates down for real (netem) to prove the gate catches it")
     b.set_defaults(func=cmd_bench, raw=True)
