@@ -101,6 +101,26 @@ def _start_ct_gc(services: Services, interval: float):
     threading.Thread(target=loop, name="ct-gc", daemon=True).start()
 
 
+def _start_link_watch(services: Services, fd: int):
+    """NAT follows the host's interfaces as they come and go (an eBPF NAT on every interface):
+    wake on the link-watch socket ``fd`` and let the NAT service look."""
+    import select
+
+    def loop():
+        while True:
+            try:
+                readable, _, _ = select.select([fd], [], [], 30.0)
+                if readable:
+                    time.sleep(0.05)        # a burst of events (a new bridge and its ports) at once
+                    services.nat.interfaces_changed()
+            except (OSError, ValueError):   # the socket was closed: the datapath was torn down
+                return
+            except Exception:
+                log.exception("following the host's interfaces failed")
+                time.sleep(1.0)
+    threading.Thread(target=loop, name="link-watch", daemon=True).start()
+
+
 def _fix_malloc_thresholds():
     """glibc raises its mmap threshold to the size of the largest block freed so far (up to
     32 MiB) and the trim threshold to twice that: after one large temporary (the reply listing
@@ -140,6 +160,8 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
              services.datapath.name, report["networks"], report["endpoints"])
     if services.datapath.nat_rules_supported and host.ct_gc_interval > 0:
         _start_ct_gc(services, host.ct_gc_interval)
+    if (fd := services.datapath.link_watch_fd()) is not None:
+        _start_link_watch(services, fd)
 
     os.makedirs(os.path.dirname(host.socket_path), mode=0o755, exist_ok=True)
     if os.path.exists(host.socket_path):

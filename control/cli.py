@@ -32,7 +32,8 @@ def cmd_daemon(a):
     logging.getLogger("asyncio").setLevel(max(logging.INFO, logging.getLogger().level))
     host = HostConfig(name=a.host, host_netns=a.host_netns or "", datapath=a.datapath,
                       uplink_xdp=a.uplink_xdp or "", metrics_addr=a.metrics_addr or "",
-                      uplinks=a.uplink, ct_gc_interval=a.ct_gc_interval)
+                      uplinks=a.uplink, ct_gc_interval=a.ct_gc_interval,
+                      nat_interfaces=a.nat_interfaces, nat_exclude=a.nat_exclude)
     if a.dns_upstream is not None:
         host.dns_upstreams = a.dns_upstream
     return run_agent(host)
@@ -55,7 +56,11 @@ def cmd_info(a, c):
     info = c.call("info")
     if a.json:
         return output.emit_json(info)
-    output.kv({k: v for k, v in info.items() if k != "probe"})
+    nat_ifaces = info.get("datapath", {}).get("nat_interfaces", {})
+    output.kv({k: ({dk: dv for dk, dv in v.items() if dk != "nat_interfaces"} if k == "datapath" else v)
+               for k, v in info.items() if k != "probe"})
+    if nat_ifaces:
+        output.table(["INTERFACE", "NAT"], [[k, v] for k, v in nat_ifaces.items()])
     output.table(["DATAPATH", "USABLE", "REASON"],
                  [[k, "not probed" if v["usable"] is None else "yes" if v["usable"] else "no", v["reason"]]
                   for k, v in info["probe"].items()])
@@ -308,8 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resolver for names dockline does not know (repeatable; default: the host's)")
     d.add_argument("--uplink-xdp", metavar="IFNAME", help="attach native XDP (early drops, NAT into endpoints) to this uplink even where the probe would keep it at TC (veth); its senders must not use checksum offload")
     d.add_argument("--uplink", action="append", default=[], metavar="IFNAME",
-                   help="an interface towards the outside: eBPF NAT (published ports, masquerade) runs on it "
-                        "(repeatable)")
+                   help="an interface towards the outside that must have eBPF NAT (published ports, masquerade); "
+                        "the probe may put native XDP on it (repeatable)")
+    d.add_argument("--nat-interfaces", default="all", metavar="all|IF1,IF2",
+                   help="where eBPF NAT runs: every interface of the host but loopback, dockline's own, bridge "
+                        "ports (NAT runs on their bridge) and --nat-exclude (all, the default, as netfilter "
+                        "hooks every interface), or only these")
+    d.add_argument("--nat-exclude", action="append", default=[], metavar="IFNAME",
+                   help="keep eBPF NAT off this interface (a name or a shell glob; repeatable); published "
+                        "ports are then not reachable through it on the eBPF NAT")
     d.add_argument("--ct-gc-interval", type=float, default=10.0, metavar="SECONDS",
                    help="conntrack garbage collection period (default: %(default)s)")
     d.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus /metrics here")

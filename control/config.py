@@ -42,7 +42,9 @@ class HostConfig:
     host_netns: str = ""                 # "" = the agent's own (root) netns
     datapath: str = "auto"
     uplink_xdp: str = ""                 # uplink to get native XDP even if the probe says TC ("" = none)
-    uplinks: list[str] = field(default_factory=list)   # interfaces towards outside: eBPF NAT on them
+    uplinks: list[str] = field(default_factory=list)   # interfaces that must have eBPF NAT (and may get XDP)
+    nat_interfaces: str = "all"          # eBPF NAT on every interface ("all") or on these ("a,b")
+    nat_exclude: list[str] = field(default_factory=list)   # names (globs) eBPF NAT stays off
     ct_gc_interval: float = 10.0         # seconds between conntrack GC runs (eBPF backend)
     metrics_addr: str = ""               # host:port for Prometheus /metrics ("" = off)
     dns_upstreams: list[str] = field(default_factory=default_upstreams)

@@ -195,6 +195,14 @@ class NatEngine(abc.ABC):
         """Drop the translation state of ``att``'s flows (it leaves); returns how many entries."""
         return 0
 
+    def link_watch_fd(self) -> int | None:
+        """A descriptor that becomes readable when the host's interfaces change, for an engine
+        that must follow them (None: this one need not; netfilter hooks every interface)."""
+        return None
+
+    def refresh_interfaces(self, dp) -> None:
+        """Follow the host's interfaces since the last call (see ``link_watch_fd``)."""
+
     @property
     def nat_rules_supported(self) -> bool:
         return False
@@ -367,6 +375,12 @@ class Datapath:
         return removed
 
     # ---------------------------------------------------------------- observability
+    def link_watch_fd(self) -> int | None:
+        return self.nat.link_watch_fd()
+
+    def refresh_interfaces(self) -> None:
+        self.nat.refresh_interfaces(self)
+
     def info(self) -> dict:
         d = {"name": self.name, "forwarding_engine": self.forwarding.name, "nat_engine": self.nat.name}
         d.update(self.forwarding.info())

@@ -41,13 +41,14 @@ from ..nat.reach import bridged_nat_bridges, loopback_may_translate
 from ..nat.rules import Ruleset
 from ..netlink import links
 from ..netlink.netns import run_in_netns
-from ..netlink.watch import AddressWatch
+from ..netlink.watch import AddressWatch, LinkWatch
 from . import bpf_structs as S
 from . import cgroup_attach, loader, map_schema
 from .base import ForwardingEngine, NatEngine, PortChanges
 from .ct_gc import ConntrackGC
 from .drivers import driver_class
 from .kernel import probe_iptables
+from .nat_interfaces import NatInterfaces
 from .nat_maps import NatMaps
 
 log = logging.getLogger("dockline.ebpf")
@@ -308,7 +309,9 @@ class EbpfNat(NatEngine):
         self.uplink_xdp = getattr(host, "uplink_xdp", "")
         self.xdp_attached: dict[str, str] = {}       # uplink -> why XDP runs there
         self.xdp_declined: dict[str, str] = {}       # uplink -> why it stays at TC only
-        self.uplinks = list(getattr(host, "uplinks", []) or [])
+        self.uplinks: list[str] = []                 # where the uplink programs run now
+        self.interfaces: NatInterfaces | None = None  # which ones they go on (setup_host)
+        self._link_watch: LinkWatch | None = None
         self.nat: NatMaps | None = None
         self.gc: ConntrackGC | None = None
         self.cookie = 0
@@ -347,9 +350,16 @@ class EbpfNat(NatEngine):
         if self._addr_watch is None:
             self._addr_watch = AddressWatch()
         self._addr_watch.invalidate()
-        for up in self.uplinks:
-            self._attach_uplink(up)
-        for up in dict.fromkeys(self.uplinks + ([self.uplink_xdp] if self.uplink_xdp else [])):
+        own = tuple(p for drv in dp.drivers.values() for p in drv.host_prefixes)
+        self.interfaces = NatInterfaces(getattr(self.host, "nat_interfaces", "all"),
+                                        getattr(self.host, "nat_exclude", ()),
+                                        list(getattr(self.host, "uplinks", []) or [])
+                                        + ([self.uplink_xdp] if self.uplink_xdp else []), own)
+        if self._link_watch is None:
+            self._link_watch = LinkWatch()      # before the dump: nothing falls between the two
+        self.uplinks = []
+        self._attach_interfaces()
+        for up in self.interfaces.named():
             self._maybe_attach_xdp(up, forced=up == self.uplink_xdp)
         for fn, kind in SOCK_PROGRAMS:
             cgroup_attach.attach(self.programs.progs[fn].fd, kind)
@@ -365,6 +375,9 @@ class EbpfNat(NatEngine):
                 except NetlinkError:
                     pass
         self.xdp_attached = {}
+        if self._link_watch is not None:
+            self._link_watch.close()
+            self._link_watch = None
         for up in self.uplinks:
             idx = links.link_index(self.ipr, up)
             if idx is not None:
@@ -410,13 +423,112 @@ class EbpfNat(NatEngine):
         log.info("native XDP attached on uplink %s (early drops, NAT into endpoints)%s", ifname,
                  " as asked" if forced else "")
 
-    def _attach_uplink(self, ifname: str):
-        idx = links.link_index(self.ipr, ifname)
+    def _attach_uplink(self, ifname: str, idx: int | None = None):
+        idx = idx if idx is not None else links.link_index(self.ipr, ifname)
         if idx is None:
             raise DatapathError(f"uplink {ifname} does not exist")
         self._tc_filter(idx, ifname, "tc_uplink_ingress", INGRESS)
         self._tc_filter(idx, ifname, "tc_uplink_egress", EGRESS)
-        log.info("NAT attached on uplink %s (tc ingress and egress)", ifname)
+        self.interfaces.attached[ifname] = idx
+        self.interfaces.skipped.pop(ifname, None)
+        if ifname not in self.uplinks:
+            self.uplinks.append(ifname)
+        log.info("NAT attached on %s (tc ingress and egress)", ifname)
+
+    # ---------------------------------------------------------------- which interfaces
+    def _attach_interfaces(self) -> None:
+        """Put the uplink programs on every interface the policy picks (module nat_interfaces),
+        from a dump of the host's links; a named one that is missing is an error, any other
+        that fails is recorded and logged."""
+        for name in self.interfaces.named():
+            if links.link_index(self.ipr, name) is None:
+                raise DatapathError(f"uplink {name} does not exist")
+        found = {}
+        for link in self.ipr.get_links():
+            found[link["index"]] = (link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MASTER") or 0)
+        for idx, (name, master) in sorted(found.items()):
+            self._consider(idx, name, master, found)
+
+    def _consider(self, idx: int, name: str, master: int, found: dict | None = None) -> None:
+        master_name = ""
+        if master:
+            master_name = (found or {}).get(master, (None,))[0] or ""
+            if not master_name:
+                try:
+                    master_name = socket.if_indextoname(master)
+                except OSError:
+                    master_name = ""
+        is_bridge_port = bool(master) and self._is_bridge(master)
+        why = self.interfaces.decide(name, is_bridge_port, master_name)
+        if why is not None:
+            if name in self.interfaces.attached:
+                self._detach_uplink(name)
+            self.interfaces.skipped[name] = why
+            return
+        if self.interfaces.attached.get(name) == idx:
+            return
+        try:
+            self._attach_uplink(name, idx)
+        except (DatapathError, NetlinkError, OSError) as e:
+            if name in self.interfaces.named():
+                raise
+            self.interfaces.skipped[name] = f"attaching failed: {e}"
+            log.warning("NAT not attached on %s: %s; published ports are not reachable through it", name, e)
+
+    def _is_bridge(self, index: int) -> bool:
+        try:
+            return links.link_kind(self.ipr, index) == "bridge"
+        except NetlinkError:
+            return False
+
+    def _detach_uplink(self, name: str) -> None:
+        idx = self.interfaces.attached.pop(name, None)
+        if name in self.uplinks:
+            self.uplinks.remove(name)
+        if idx is None:
+            return
+        for parent in (INGRESS, EGRESS):
+            try:
+                self.ipr.tc("del-filter", "bpf", idx, TC_HANDLE, parent=parent, prio=TC_PRIO)
+            except NetlinkError:
+                pass
+        log.info("NAT detached from %s", name)
+
+    def link_watch_fd(self) -> int | None:
+        return self._link_watch.fileno() if self._link_watch is not None else None
+
+    def refresh_interfaces(self, dp) -> None:
+        """Follow the host's interfaces since the last look (the agent's link-watch thread calls
+        this when the watch socket is readable): new ones get NAT if the policy says so, gone
+        ones are forgotten; lost events mean a full dump."""
+        if self._link_watch is None or self.interfaces is None:
+            return
+        events = self._link_watch.events()
+        self._sync_host_addresses()     # an address on a new interface: published ports answer there
+        if events is None:
+            self._attach_interfaces()
+            return
+        latest: dict[int, tuple[str, int, str]] = {}
+        for kind, idx, name, master in events:
+            latest[idx] = (kind, name, master)
+        for idx, (kind, name, master) in latest.items():
+            if kind == "del":
+                if self.interfaces.attached.get(name) == idx:
+                    self.interfaces.attached.pop(name, None)
+                    if name in self.uplinks:
+                        self.uplinks.remove(name)
+                    log.info("interface %s is gone", name)
+                self.interfaces.skipped.pop(name, None)
+                continue
+            # renamed: forget the old name of this index
+            for old, i in list(self.interfaces.attached.items()):
+                if i == idx and old != name:
+                    self.interfaces.attached.pop(old)
+                    if old in self.uplinks:
+                        self.uplinks.remove(old)
+            if name.startswith(self.interfaces.own_prefixes):
+                continue                # endpoint churn: nothing to decide, nothing to ask
+            self._consider(idx, name, master)
 
     def net_flags(self, net) -> int:
         return S.NET_F_BRIDGED_NAT if net.bridge in self._bridged else 0
@@ -628,4 +740,5 @@ class EbpfNat(NatEngine):
         return {"rules": "TC clsact programs, eBPF NAT (iptables: filter only)",
                 "uplink_xdp": self.uplink_xdp or "off",
                 "xdp": {"attached": dict(self.xdp_attached), "tc_only": dict(self.xdp_declined)},
-                "uplinks": self.uplinks, "nat": self.last_nat_apply}
+                "uplinks": self.uplinks, "nat": self.last_nat_apply,
+                "nat_interfaces": self.interfaces.view() if self.interfaces else {}}

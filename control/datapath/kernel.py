@@ -124,4 +124,5 @@ class IptablesNat(NatEngine):
         return probe_iptables()
 
     def info(self):
-        return {"rules": "iptables (DOCKLINE-* chains)"}
+        return {"rules": "iptables (DOCKLINE-* chains)",
+                "nat_interfaces": {"*": "iptables: netfilter hooks every interface"}}

@@ -96,6 +96,11 @@ class NatService:
         dp = self.ctx.datapath
         return {"flows": dp.conntrack(limit), "table": dp.ct_pressure()}
 
+    def interfaces_changed(self) -> None:
+        """The host's interfaces changed (the agent's link watch): let the NAT follow them."""
+        with self.ctx.lock:
+            self.ctx.datapath.refresh_interfaces()
+
     def gc(self) -> dict:
         with self.ctx.lock:
             return self.ctx.datapath.gc_conntrack()

@@ -87,6 +87,12 @@ class FakeDatapath(Datapath):
         else:
             self.kernel["links"].pop(att.host_ifname, None)
 
+    def link_watch_fd(self):
+        return None                 # the fake follows no interfaces
+
+    def refresh_interfaces(self):
+        self.faults.step("refresh_interfaces")
+
     def finish_removals(self):
         self.faults.step("finish_removals")
         for name in self._departing:
