@@ -101,20 +101,28 @@ def _start_ct_gc(services: Services, interval: float):
     threading.Thread(target=loop, name="ct-gc", daemon=True).start()
 
 
-def _start_link_watch(services: Services, fd: int):
+def _start_link_watch(services: Services):
     """NAT follows the host's interfaces as they come and go (an eBPF NAT on every interface):
-    wake on the link-watch socket ``fd`` and let the NAT service look."""
+    wake on the datapath's link-watch socket and let the NAT service look. The socket is asked
+    for again on every round: a reset and a new setup replace it."""
     import select
 
     def loop():
         while True:
+            fd = services.datapath.link_watch_fd()
+            if fd is None:
+                time.sleep(1.0)
+                continue
             try:
-                readable, _, _ = select.select([fd], [], [], 30.0)
-                if readable:
-                    time.sleep(0.05)        # a burst of events (a new bridge and its ports) at once
-                    services.nat.interfaces_changed()
-            except (OSError, ValueError):   # the socket was closed: the datapath was torn down
-                return
+                readable, _, _ = select.select([fd], [], [], 5.0)
+            except (OSError, ValueError):   # closed meanwhile (teardown): ask again
+                time.sleep(0.1)
+                continue
+            if not readable:
+                continue
+            time.sleep(0.05)                # a burst of events (a new bridge and its ports) at once
+            try:
+                services.nat.interfaces_changed()
             except Exception:
                 log.exception("following the host's interfaces failed")
                 time.sleep(1.0)
@@ -160,8 +168,8 @@ def run_agent(host: HostConfig, ready_fd: int | None = None) -> int:
              services.datapath.name, report["networks"], report["endpoints"])
     if services.datapath.nat_rules_supported and host.ct_gc_interval > 0:
         _start_ct_gc(services, host.ct_gc_interval)
-    if (fd := services.datapath.link_watch_fd()) is not None:
-        _start_link_watch(services, fd)
+    if services.datapath.link_watch_fd() is not None:
+        _start_link_watch(services)
 
     os.makedirs(os.path.dirname(host.socket_path), mode=0o755, exist_ok=True)
     if os.path.exists(host.socket_path):

@@ -172,8 +172,8 @@ static __always_inline int nat_icmp_error(dl_ctx *ctx, const struct nat_pkt *p, 
 	/* the quoted packet went the other way: its reverse is a tuple of this direction */
 	ct_key_reverse(&k, p->inner.saddr, p->inner.daddr, p->inner.sport, p->inner.dport, p->inner.proto);
 	e = ct.lookup(&k);
-	if (!e)
-		return NAT_DECLINE;
+	if (!e || !e->kind)
+		return NAT_DECLINE;     /* (a flow tracked untranslated: nothing to undo) */
 	qs = e->to_daddr;
 	qd = e->to_saddr;
 	qsp = e->to_dport;

@@ -21,29 +21,60 @@
 #include "nat.h"
 #include "endpoint.h"
 
-/* Nothing translates: the entry program's own verdict. */
-static __always_inline int declined(dl_ctx *ctx, struct nat_scratch *s)
+#ifndef DL_XDP
+/* endpoint_finish for a new flow nothing translates: tracked untranslated (both halves) if it
+ * passes, so that its later packets and its replies find it and are never judged by the rules
+ * again (iptables tracks every flow: a reply is never a new connection to a published port,
+ * nor matched by a POSTROUTING MASQUERADE). A dropped flow is not tracked: a flood of refused
+ * packets must not fill the table. */
+static __always_inline int endpoint_finish_tracked(struct __sk_buff *skb, struct endpoint_info *self,
+						   const struct nat_scratch *s, int track)
+{
+	__u32 target = 0, code = VERDICT_PASS;
+
+	if (self && !kernel_forwards(self))
+		code = endpoint_forwarding(skb, self, &target);
+	if (track && code < DROP_BASE)
+		ct_track_identity(&s->p.key, s->state, s->flags);
+	count_endpoint(skb->ifindex, code, skb->len);
+	if (code >= DROP_BASE)
+		return TC_ACT_SHOT;
+	if (code == VERDICT_REDIRECT_PEER)
+		return bpf_redirect_peer(target, 0);
+	return TC_ACT_OK;
+}
+#endif
+
+/* Nothing translates: the entry program's own verdict. At TC every flow is tracked
+ * (untranslated) from its first packet on; XDP tracks nothing: the TC program behind it sees
+ * the same first packet and does. */
+static __always_inline int decline(dl_ctx *ctx, struct nat_scratch *s, int track)
 {
 #ifdef DL_XDP
 	count_verdict(VERDICT_XDP_PASS, ctx_len(ctx));
 	return CTX_ACT_OK;
-#endif
-	if (s->origin == NAT_ORIGIN_LOCAL_OUT || s->origin == NAT_ORIGIN_LOOPBACK) {
-		ct_track_identity(&s->p.key, s->state, s->flags);
-		count_verdict(s->origin == NAT_ORIGIN_LOOPBACK ? VERDICT_LOOPBACK_PASS : VERDICT_UPLINK_PASS,
-			      ctx_len(ctx));
-		return CTX_ACT_OK;
-	}
-#ifndef DL_XDP
+#else
 	if (s->origin == NAT_ORIGIN_ENDPOINT) {
 		__u32 ifindex = ctx_ifindex(ctx);
-		if (s->bridged)
-			ct_track_identity(&s->p.key, s->state, s->flags);
-		return endpoint_finish(ctx, endpoints_by_ifindex.lookup(&ifindex), VERDICT_PASS);
+		return endpoint_finish_tracked(ctx, endpoints_by_ifindex.lookup(&ifindex), s, track);
 	}
-#endif
-	count_verdict(VERDICT_UPLINK_PASS, ctx_len(ctx));
+	if (track)
+		ct_track_identity(&s->p.key, s->state, s->flags);
+	count_verdict(s->origin == NAT_ORIGIN_LOOPBACK ? VERDICT_LOOPBACK_PASS : VERDICT_UPLINK_PASS, ctx_len(ctx));
 	return CTX_ACT_OK;
+#endif
+}
+
+static __always_inline int declined(dl_ctx *ctx, struct nat_scratch *s)
+{
+	return decline(ctx, s, 1);
+}
+
+/* A flow the rules would translate, whose first packet cannot be (TTL 1: the stack answers
+ * with time exceeded): nothing is recorded, so that the next packet is judged again. */
+static __always_inline int declined_untracked(dl_ctx *ctx, struct nat_scratch *s)
+{
+	return decline(ctx, s, 0);
 }
 
 static __always_inline int finish(dl_ctx *ctx, struct nat_scratch *s, __u32 code, int action)
@@ -209,7 +240,7 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 		return declined(ctx, s);
 	if (r.kind != ROUTE_STACK && p.ttl <= 1) {
 		nat_count(NAT_C_TTL_EXCEEDED);
-		return declined(ctx, s);
+		return declined_untracked(ctx, s);
 	}
 	cfg = nat_config.lookup(&zero);
 	pmin = cfg ? cfg->port_min : 32768;

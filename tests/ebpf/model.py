@@ -169,7 +169,13 @@ def tc_evaluate(pkt: bytes, st: State, ifindex: int = TEST_RUN_IFINDEX) -> tuple
     nat = tc_nat(pkt, st, my_net)
     if nat.code is not None:
         return nat.code, nat
-    return endpoint_forwarding(pkt, st, my_net), nat
+    code = endpoint_forwarding(pkt, st, my_net)
+    if nat.stages and code < DROP_BASE:
+        # nothing translated a new flow that passes: it is tracked untranslated (both halves)
+        p = nat_parse(pkt)
+        state = S.CT_ST_ESTABLISHED if p.key.proto == 6 and not p.tcp_flags & 0x02 else S.CT_ST_NEW
+        st.ct_pairs[p.key] = (p.key, 0, state)
+    return code, nat
 
 
 def _endpoint_checks(pkt: bytes, st: State, ifindex: int) -> int:
@@ -332,7 +338,7 @@ def tc_nat(pkt: bytes, st: State, my_net: int) -> NatOutcome:
     p = nat_parse(pkt)
     ct = st.ct()
     if p.result == "icmp_error":
-        if p.inner.reverse() in ct:
+        if p.inner.reverse() in ct and ct[p.inner.reverse()][2]:
             raise Unmodelled("ICMP error quoting a tracked flow (tests/ebpf/test_nat_icmp.py)")
         return NatOutcome()
     if p.result != "ok":
@@ -344,6 +350,8 @@ def tc_nat(pkt: bytes, st: State, my_net: int) -> NatOutcome:
         if fk not in st.frag_ports:
             return NatOutcome(counters={"FRAG_UNKNOWN": 1})
         key = Tuple(p.key.saddr, p.key.daddr, *st.frag_ports[fk], p.key.proto)
+        if key in ct and not ct[key][2]:
+            return NatOutcome()      # of a flow tracked untranslated: refreshed, nothing else
         if key in ct:
             raise Unmodelled("a later fragment of a tracked flow (tests/ebpf/test_nat_fragments.py)")
         return NatOutcome()
@@ -351,6 +359,8 @@ def tc_nat(pkt: bytes, st: State, my_net: int) -> NatOutcome:
     if e is not None and p.key.proto == 6 and p.tcp_flags & 0x12 == 0x02 and e[1] == S.CT_DIR_ORIG \
             and e[3] >= S.CT_ST_FIN:
         raise Unmodelled("SYN on a closed flow: restarted through the rules")
+    if e is not None and not e[2]:
+        return NatOutcome()          # a flow tracked untranslated: refreshed, nothing else
     if e is not None:
         to = e[0]
         dst = st.by_ip.get(ip_b(to.daddr))

@@ -312,3 +312,16 @@ def ct_tuples(maps: Maps) -> dict:
 def raw_payload(n: int, seed: int = 0) -> Raw:
     return Raw(bytes((seed + i * 7) & 0xFF for i in range(n)))
 
+
+
+def assert_tracked_untranslated(maps: Maps, *pkts: bytes) -> None:
+    """Each of ``pkts`` started a flow that nothing translates, and conntrack holds exactly those
+    flows, untranslated (both halves map to themselves): every flow is tracked from its first
+    packet, so its replies are never judged as new flows."""
+    from scapy.layers.inet import IP
+    t = ct_tuples(maps)
+    assert all(k == v for k, v in t.items()), f"a translated entry: {t}"
+    assert len(t) == 2 * len(pkts), t
+    for pkt in pkts:
+        ip = IP(pkt[14:])
+        assert any(k.saddr == ip.src and k.daddr == ip.dst for k in t), (ip.summary(), t)

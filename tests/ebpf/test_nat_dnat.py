@@ -15,7 +15,7 @@ from scapy.packet import Raw
 from dockline.control.datapath import bpf_structs as S
 
 from .harness import TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX, Tuple
-from .natenv import (BR_N, C1, C2, CLIENT, DNAT_RULESETS, DOCKER_HOST, GW_M, GW_M_MAC, GW_MAC, HOST_IP, M1,
+from .natenv import (assert_tracked_untranslated, BR_N, C1, C2, CLIENT, DNAT_RULESETS, DOCKER_HOST, GW_M, GW_M_MAC, GW_MAC, HOST_IP, M1,
                      TCP_P, UDP_P, assert_bytes, ct_pair_of, ct_tuples, from_c1, from_outside, rewritten, ruleset,
                      to_c1, to_outside)
 
@@ -107,7 +107,8 @@ def test_not_published_passes_untouched(world, rules, what, pkt):
     rv, out = world.uplink(bytes(pkt))
     assert (rv, out) == (TC_ACT_OK, bytes(pkt)), what
     assert world.maps.moved_verdicts() == {"UPLINK_PASS": (1, len(pkt))}
-    assert world.maps.ct.keys() == [] and world.maps.nat_counter_table() == {}
+    assert world.maps.nat_counter_table() == {}
+    assert_tracked_untranslated(world.maps, bytes(pkt))
 
 
 def test_exact_rule_names_the_in_interface(world):
@@ -162,13 +163,16 @@ def test_udp_without_checksum_keeps_none(world):
 
 def test_ttl_1_is_left_to_the_stack(world):
     """A packet the program would route with TTL 1 is not translated (the stack answers with
-    time exceeded); no flow is created."""
+    time exceeded); no flow is created, not even an untranslated one: the next packet is
+    judged again, and translated."""
     world.rules(DOCKER_HOST)
     syn = from_outside(TCP(sport=40000, dport=8080, flags="S"), ttl=1)
     assert world.uplink(bytes(syn)) == (TC_ACT_OK, bytes(syn))
     assert world.maps.nat_counter_table() == {"TTL_EXCEEDED": 1}
     assert world.maps.moved_verdicts() == {"UPLINK_PASS": (1, len(syn))}
     assert world.maps.ct.keys() == []
+    again = from_outside(TCP(sport=40000, dport=8080, flags="S"))
+    assert world.uplink(bytes(again))[0] == TC_ACT_REDIRECT
 
 
 # ---------------------------------------------------------------- REDIRECT (a local destination)
