@@ -76,13 +76,12 @@ static __always_inline void translate(struct bpf_sock_addr *ctx, const int conne
 	}
 	if (!sock_evaluate(&m, &d))
 		return;
-	if (d.op == NAT_OP_DNAT || d.op == NAT_OP_REDIRECT) {
-		/* iptables picks the source for the address asked for, then translates the
-		 * destination: a socket that asked for a local address (not loopback) keeps that
-		 * address as its source, whether REDIRECTed to 127.0.0.1 or DNATed elsewhere. Here
-		 * the socket is bound to it before its destination changes (else the kernel would pick
-		 * the source for the new destination: the bridge's address, or 127.0.0.1). */
-		x.nat_addr = d.op == NAT_OP_DNAT ? d.to_addr : bpf_htonl(0x7f000001);
+	if (d.op == NAT_OP_DNAT) {
+		x.nat_addr = d.to_addr;
+	} else if (d.op == NAT_OP_REDIRECT) {
+		/* iptables sends locally generated packets to 127.0.0.1 and keeps their source: the
+		 * local address they were addressed to (unless that was loopback already) */
+		x.nat_addr = bpf_htonl(0x7f000001);
 		if (m.dst_local && m.saddr == m.daddr) {
 			if (connect) {
 				struct sockaddr_in sa = {};
@@ -91,10 +90,7 @@ static __always_inline void translate(struct bpf_sock_addr *ctx, const int conne
 				sa.sin_addr.s_addr = m.daddr;
 				/* a socket bound already keeps its binding; bound to a port but no address,
 				 * it will leave from 127.0.0.1: tc_loopback makes the source m.daddr */
-				/* (DNATed, such a socket leaves from the kernel's pick for the new
-				 * destination: TC does not SNAT it yet) */
-				if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) != 0 && sk && !sk->src_ip4 &&
-				    d.op == NAT_OP_REDIRECT)
+				if (bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa)) != 0 && sk && !sk->src_ip4)
 					x.want_saddr = m.daddr;
 			} else {
 				ctx->msg_src_ip4 = m.daddr;

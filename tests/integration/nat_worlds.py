@@ -7,7 +7,7 @@
 
 Both look like this (every name and address is the same in A and B, except the namespaces'):
 
-      out      198.18.0.2/24 up0        routes 10.96.0.0/16 (service VIPs) and 10.77.0.0/24 via 198.18.0.1
+      out      198.18.0.2/24 up0        route 10.96.0.0/16 via 198.18.0.1 (service VIPs)
         | veth
       host     198.18.0.1/24 uplink0    default via 198.18.0.2; bridges dockline0 (10.88.0.1/16)
         |                               and dl-<12 hex> (10.77.0.1/24, hairpin on its ports)
@@ -249,12 +249,9 @@ class WorldA(World):
 
 
 def _common_routes(ns: dict[str, str]) -> None:
-    """Routes both worlds get: service VIPs and the containers' subnet are reached through the
-    host (a router's LAN: flows routed straight to a container, untranslated, both ways); the
-    host has a default route (as any real host), so connecting to a VIP gets as far as the nat
-    OUTPUT chain."""
+    """Routes both worlds get: service VIPs are reached through the host; the host has a default
+    route (as any real host), so connecting to a VIP gets as far as the nat OUTPUT chain."""
     _run(["ip", "-n", ns["out"], "route", "replace", VIP_NET, "via", HOST_IP])
-    _run(["ip", "-n", ns["out"], "route", "replace", SUBNET, "via", HOST_IP])
     _run(["ip", "-n", ns["host"], "route", "replace", "default", "via", OUTSIDE_IP])
 
 

@@ -107,3 +107,35 @@ def test_an_interface_that_goes_is_forgotten(box, datapath):
         assert seen is not None and seen.split(":")[0] == "198.19.0.2"
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("datapath", ["ebpf"])     # the nat rule front end is eBPF NAT's
+def test_untranslated_flows_are_tracked_so_replies_are_not_masqueraded(box, datapath):
+    """A router's LAN: the outside reaches a container on the hand-made bridge by its own address
+    (routed, nothing translates), while the bridge's subnet is masqueraded on its way out. The
+    container's reply must not be masqueraded: its flow was tracked (untranslated) when the
+    first packet came in, as iptables tracks every flow; and the rules ran once for the flow."""
+    h, (side, skip, lan) = box
+    h.call("nat_import", text="*nat\n-A POSTROUTING -s 198.21.0.0/24 ! -o br-hand -j MASQUERADE\nCOMMIT\n")
+    sh(h.out_ns, "ip", "route", "replace", "198.21.0.0/24", "via", HOST_IP, check=True)
+    sh(lan, "ip", "route", "replace", "default", "via", "198.21.0.1", check=True)
+    _nat_interfaces(h, ["br-hand", "lanp"], settled=lambda v: "port of bridge" in v.get("lanp", ""))
+    servers = [Server(lan, 8080), Server(lan, 5353, "udp")]
+    try:
+        for proto, port in (("tcp", 8080), ("udp", 5353)):
+            seen = request(h.out_ns, "198.21.0.2", port, proto)
+            assert seen is not None, f"{proto} to the container's own address got no answer"
+            assert seen.split(":")[0] == OUTSIDE_IP, seen
+        flows = h.call("conntrack", limit=100)["flows"]
+        mine = [f for f in flows if "198.21.0.2" in f["orig"]]
+        assert mine and all(f["kind"] == "" for f in mine), mine      # tracked, untranslated
+        # and the masquerade itself still works for what the container starts
+        out_srv = Server(h.out_ns, 5555)
+        try:
+            seen = request(lan, OUTSIDE_IP, 5555)
+            assert seen is not None and seen.split(":")[0] == HOST_IP, seen
+        finally:
+            out_srv.close()
+    finally:
+        for s in servers:
+            s.close()
