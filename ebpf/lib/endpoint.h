@@ -79,18 +79,33 @@ static __always_inline int kernel_forwards(const struct endpoint_info *self)
 }
 
 /* Steps 3-5 and the one exit: count the verdict and act on it. */
-static __always_inline int endpoint_finish(struct __sk_buff *skb, struct endpoint_info *self, __u32 code)
+/* The endpoint's forwarding decision for a frame judged ``code`` so far (VERDICT_PASS: where
+ * the kernel does not forward for it, endpoint_forwarding decides; *target: its redirect). */
+static __always_inline __u32 endpoint_decide(struct __sk_buff *skb, struct endpoint_info *self, __u32 code,
+					     __u32 *target)
 {
-	__u32 target = 0;
-
 	if (code == VERDICT_PASS && self && !kernel_forwards(self))
-		code = endpoint_forwarding(skb, self, &target);
+		code = endpoint_forwarding(skb, self, target);
+	return code;
+}
+
+/* Count ``code`` for the endpoint and carry it out. */
+static __always_inline int endpoint_act(struct __sk_buff *skb, __u32 code, __u32 target)
+{
 	count_endpoint(skb->ifindex, code, skb->len);
 	if (code >= DROP_BASE)
 		return TC_ACT_SHOT;
 	if (code == VERDICT_REDIRECT_PEER)
 		return bpf_redirect_peer(target, 0);
 	return TC_ACT_OK;
+}
+
+static __always_inline int endpoint_finish(struct __sk_buff *skb, struct endpoint_info *self, __u32 code)
+{
+	__u32 target = 0;
+
+	code = endpoint_decide(skb, self, code, &target);
+	return endpoint_act(skb, code, target);
 }
 
 #endif

@@ -30,18 +30,11 @@
 static __always_inline int endpoint_finish_tracked(struct __sk_buff *skb, struct endpoint_info *self,
 						   const struct nat_scratch *s, int track)
 {
-	__u32 target = 0, code = VERDICT_PASS;
+	__u32 target = 0, code = endpoint_decide(skb, self, VERDICT_PASS, &target);
 
-	if (self && !kernel_forwards(self))
-		code = endpoint_forwarding(skb, self, &target);
 	if (track && code < DROP_BASE)
 		ct_track_identity(&s->p.key, s->state, s->flags);
-	count_endpoint(skb->ifindex, code, skb->len);
-	if (code >= DROP_BASE)
-		return TC_ACT_SHOT;
-	if (code == VERDICT_REDIRECT_PEER)
-		return bpf_redirect_peer(target, 0);
-	return TC_ACT_OK;
+	return endpoint_act(skb, code, target);
 }
 #endif
 
