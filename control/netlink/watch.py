@@ -87,11 +87,11 @@ class LinkWatch:
     def parse(cls, data: bytes) -> list[tuple[str, int, str, int]]:
         out = []
         off = 0
-        while off + 32 <= len(data):
+        while off + 16 <= len(data):
             length, msg_type = struct.unpack_from("IH", data, off)
-            if length < 32:
-                break
-            if msg_type in (cls.RTM_NEWLINK, cls.RTM_DELLINK):
+            if length < 16 or off + length > len(data):
+                break               # malformed or cut short: the rest cannot be framed
+            if msg_type in (cls.RTM_NEWLINK, cls.RTM_DELLINK) and length >= 32:
                 (index,) = struct.unpack_from("i", data, off + 20)
                 name, master = "", 0
                 a = off + 32
