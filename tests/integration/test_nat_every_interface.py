@@ -49,11 +49,11 @@ def box(tmp_path, datapath):
 def _nat_interfaces(h, want, timeout=10.0, settled=lambda view: True):
     """``info``'s per-interface NAT view once it names every interface of ``want`` and
     ``settled(view)`` holds (the agent follows link events as they come: lanp is a plain veth
-    for a moment before it becomes a port of br-hand)."""
+    for a moment before it becomes a port of br-hand); iptables' view ("*") names none."""
     deadline = time.monotonic() + timeout
     while True:
         view = h.call("info")["datapath"]["nat_interfaces"]
-        if (all(n in view for n in want) and settled(view)) or time.monotonic() > deadline:
+        if (("*" in view or all(n in view for n in want)) and settled(view)) or time.monotonic() > deadline:
             return view
         time.sleep(0.2)
 
