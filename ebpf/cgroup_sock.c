@@ -30,14 +30,20 @@ static __always_inline struct nat_config *own_netns(struct bpf_sock_addr *ctx)
 }
 
 /* OUTPUT's decision. Unlike TC (tc_nat.c), a socket program cannot tail-call into the TC stages,
- * so exact-match tables are consulted inline, at most NAT_SOCK_LOOKUPS of them per evaluation
- * (the compiler refuses an OUTPUT chain that needs more). */
+ * so exact-match tables and classifiers are consulted inline, at most NAT_SOCK_LOOKUPS of them
+ * per evaluation (the compiler refuses an OUTPUT chain that needs more). */
 static __always_inline int sock_evaluate(const struct nat_match_pkt *m, struct nat_decision *d)
 {
 	__u32 pc = nat_hook_entry(NAT_HOOK_OUTPUT), resume = 0;
 
 	for (int round = 0; round < NAT_SOCK_LOOKUPS + 1; round++) {
 		nat_evaluate_from(pc, m, d, &resume, NAT_SOCK_STEPS);
+		if (d->op == NAT_OP_CLASSIFY) {
+			__u32 hit = nat_classify(d->table, m, NAT_SOCK_SHAPES);
+
+			pc = hit != NAT_NO_PC ? hit : resume;
+			continue;
+		}
 		if (d->op != NAT_OP_LOOKUP)
 			return 1;
 		if (nat_exact_match(d->table, m, d))

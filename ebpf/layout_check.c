@@ -14,6 +14,8 @@ BPF_HASH(check_net_info, __u32, struct net_info, 1);
 BPF_HASH(check_ct, struct ct_key, struct ct_entry, 1);
 BPF_HASH(check_nat_config, __u32, struct nat_config, 1);
 BPF_HASH(check_nat_rule, __u32, struct nat_rule, 1);
+BPF_HASH(check_nat_shape, __u32, struct nat_shape, 1);
+BPF_HASH(check_nat_cls, struct nat_cls_key, __u32, 1);
 BPF_HASH(check_nat_exact, struct nat_exact_key, struct nat_exact_val, 1);
 BPF_HASH(check_frag, struct frag_key, struct frag_ports, 1);
 BPF_HASH(check_sock_xlate, __u64, struct sock_xlate, 1);

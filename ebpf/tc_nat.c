@@ -23,3 +23,8 @@ int tc_nat_commit(struct __sk_buff *skb)
 {
 	return nat_stage_commit(skb);
 }
+
+int tc_nat_classify(struct __sk_buff *skb)
+{
+	return nat_stage_classify(skb);
+}

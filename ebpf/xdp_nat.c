@@ -24,3 +24,8 @@ int xdp_nat_commit(struct xdp_md *ctx)
 {
 	return nat_stage_commit(ctx);
 }
+
+int xdp_nat_classify(struct xdp_md *ctx)
+{
+	return nat_stage_classify(ctx);
+}

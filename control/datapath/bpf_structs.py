@@ -17,7 +17,7 @@ import struct
 
 #: Bumped whenever a struct below changes: part of the pin path (bcc reuses a pinned map without
 #: checking key/value sizes, so a new layout must never meet an old map).
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 
 class Verdict(enum.IntEnum):
@@ -160,9 +160,27 @@ class NatRule(ctypes.Structure):
                 ("dst_mask", ctypes.c_uint32), ("sport_min", ctypes.c_uint16), ("sport_max", ctypes.c_uint16),
                 ("dport_min", ctypes.c_uint16), ("dport_max", ctypes.c_uint16), ("iif", ctypes.c_uint32),
                 ("oif", ctypes.c_uint32), ("proto", ctypes.c_uint8), ("op", ctypes.c_uint8),
-                ("neg", ctypes.c_uint16), ("on_match", ctypes.c_uint16), ("on_miss", ctypes.c_uint16),
+                ("neg", ctypes.c_uint16), ("on_match", ctypes.c_uint32), ("on_miss", ctypes.c_uint32),
                 ("to_addr", ctypes.c_uint32), ("to_port_min", ctypes.c_uint16), ("to_port_max", ctypes.c_uint16),
-                ("table", ctypes.c_uint32)]
+                ("table", ctypes.c_uint32), ("shapes", ctypes.c_uint32)]
+
+
+class NatShape(ctypes.Structure):
+    """struct nat_shape: one shape of a tuple-space classifier (masks, first pc)."""
+
+    _fields_ = [("src_mask", ctypes.c_uint32), ("dst_mask", ctypes.c_uint32), ("sport_mask", ctypes.c_uint16),
+                ("dport_mask", ctypes.c_uint16), ("iif_mask", ctypes.c_uint32), ("oif_mask", ctypes.c_uint32),
+                ("proto_mask", ctypes.c_uint8), ("local_mask", ctypes.c_uint8), ("last", ctypes.c_uint16),
+                ("first_pc", ctypes.c_uint32)]
+
+
+class NatClsKey(ctypes.Structure):
+    """struct nat_cls_key: a shape slot and a packet's fields under its masks."""
+
+    _fields_ = [("shape", ctypes.c_uint32), ("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32),
+                ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16), ("iif", ctypes.c_uint32),
+                ("oif", ctypes.c_uint32), ("proto", ctypes.c_uint8), ("local", ctypes.c_uint8),
+                ("pad", ctypes.c_uint16)]
 
 
 class NatExactKey(ctypes.Structure):
@@ -205,6 +223,7 @@ def byte_packing(mirror: type[ctypes.Structure], network_order: tuple[str, ...])
 
 #: struct nat_exact_key as bytes: pack(table, daddr 4 bytes, dport 2 bytes, proto)
 NAT_EXACT_KEY_BYTES = byte_packing(NatExactKey, network_order=("daddr", "dport"))
+NAT_CLS_KEY_BYTES = byte_packing(NatClsKey, network_order=("saddr", "daddr"))
 #: struct nat_exact_val as bytes: pack(to_addr 4 bytes, to_port 2 bytes, iif_neg, iif)
 NAT_EXACT_VAL_BYTES = byte_packing(NatExactVal, network_order=("to_addr", "to_port"))
 

@@ -343,7 +343,8 @@ class EbpfNat(NatEngine):
     # ---------------------------------------------------------------- host
     def setup_host(self, dp):
         self.bpf, self.ipr, self._dp = dp.bpf, dp.ipr, dp
-        self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"])
+        self.nat = NatMaps(self.maps["nat_config"], self.maps["nat_rules"], self.maps["nat_exact"],
+                           self.maps["nat_shapes"], self.maps["nat_cls"])
         self.cookie = cgroup_attach.netns_cookie()
         self.gc = ConntrackGC(self.maps["ct"])
         self._last_compile = self._synced_subnets = None

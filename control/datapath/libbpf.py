@@ -74,6 +74,9 @@ PROTOTYPES = {
     "bpf_delete_elem": ([_c_int, _c_void_p], _c_int),
     "bpf_get_next_key": ([_c_int, _c_void_p, _c_void_p], _c_int),
     "bpf_lookup_batch": ([_c_int, _u32_p, _u32_p, _c_void_p, _c_void_p, _u32_p], _c_int),
+    # (fd, keys, values, count in/out): BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH
+    "bpf_update_batch": ([_c_int, _c_void_p, _c_void_p, _u32_p], _c_int),
+    "bpf_delete_batch": ([_c_int, _c_void_p, _u32_p], _c_int),
     "bpf_prog_attach": ([_c_int, _c_int, _c_int, _c_uint], _c_int),
     "bpf_prog_detach2": ([_c_int, _c_int, _c_int], _c_int),
     "bpf_prog_query": ([_c_int, _c_int, _c_uint, _u32_p, _c_void_p, _u32_p], _c_int),

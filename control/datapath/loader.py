@@ -49,9 +49,9 @@ BPF_CGROUP_UDP4_RECVMSG = 19
 BPF_CGROUP_INET4_GETPEERNAME = 29
 
 #: nat_tail slots (ebpf/lib/nat.h NAT_TAIL_*): the tail-called stages of a new flow's NAT
-NAT_TAIL = {0: "tc_nat_eval", 1: "tc_nat_route", 2: "tc_nat_commit"}
+NAT_TAIL = {0: "tc_nat_eval", 1: "tc_nat_route", 2: "tc_nat_commit", 3: "tc_nat_classify"}
 #: the same slots of nat_tail_xdp (a program array holds one program type): the XDP stages
-NAT_TAIL_XDP = {0: "xdp_nat_eval", 1: "xdp_nat_route", 2: "xdp_nat_commit"}
+NAT_TAIL_XDP = {0: "xdp_nat_eval", 1: "xdp_nat_route", 2: "xdp_nat_commit", 3: "xdp_nat_classify"}
 
 #: entry file -> [(function, program type, expected attach type or -1)]
 PROGRAMS = {
@@ -60,9 +60,10 @@ PROGRAMS = {
     "tc_uplink.c": [("tc_uplink_ingress", "SCHED_CLS", -1), ("tc_uplink_egress", "SCHED_CLS", -1)],
     "tc_loopback.c": [("tc_loopback", "SCHED_CLS", -1)],
     "tc_nat.c": [("tc_nat_eval", "SCHED_CLS", -1), ("tc_nat_route", "SCHED_CLS", -1),
-                 ("tc_nat_commit", "SCHED_CLS", -1)],
+                 ("tc_nat_commit", "SCHED_CLS", -1), ("tc_nat_classify", "SCHED_CLS", -1)],
     "xdp_uplink.c": [("xdp_uplink", "XDP", -1)],
-    "xdp_nat.c": [("xdp_nat_eval", "XDP", -1), ("xdp_nat_route", "XDP", -1), ("xdp_nat_commit", "XDP", -1)],
+    "xdp_nat.c": [("xdp_nat_eval", "XDP", -1), ("xdp_nat_route", "XDP", -1), ("xdp_nat_commit", "XDP", -1),
+                  ("xdp_nat_classify", "XDP", -1)],
     "cgroup_sock.c": [("sock_connect4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_CONNECT),
                       ("sock_sendmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_SENDMSG),
                       ("sock_recvmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_RECVMSG),
@@ -335,6 +336,38 @@ class PinnedMap:
             out += [(kb[i * ks:(i + 1) * ks], vb[i * vs:(i + 1) * vs]) for i in range(count.value)]
             if rc != 0 or count.value == 0:
                 return out
+
+    def update_batch(self, keys: bytes, values: bytes, chunk: int = 16384) -> None:
+        """Write many entries of a map that is not per-CPU: ``keys`` and ``values`` are the
+        entries' bytes back to back (key_size and value_size each), written with
+        BPF_MAP_UPDATE_BATCH ``chunk`` at a time (100,000 rule instructions in a few calls)."""
+        assert not self.percpu
+        ks, vs = ctypes.sizeof(self.key_type), ctypes.sizeof(self.value_type)
+        n = len(keys) // ks
+        assert len(keys) == n * ks and len(values) == n * vs
+        lib, count = _lib(), ctypes.c_uint32(0)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            kb = ctypes.create_string_buffer(keys[start * ks:(start + m) * ks], m * ks)
+            vb = ctypes.create_string_buffer(values[start * vs:(start + m) * vs], m * vs)
+            count.value = m
+            if lib.bpf_update_batch(self.fd, kb, vb, ctypes.byref(count)) != 0:
+                raise DatapathError(f"writing map {os.path.basename(self.path)} failed: "
+                                    f"{os.strerror(ctypes.get_errno() or errno.EIO)}")
+
+    def delete_batch(self, keys: bytes, chunk: int = 16384) -> None:
+        """Delete many keys (bytes back to back) of a hash map; keys that are absent are skipped
+        one by one (the batch call stops at the first one)."""
+        ks = ctypes.sizeof(self.key_type)
+        n = len(keys) // ks
+        lib, count = _lib(), ctypes.c_uint32(0)
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            kb = ctypes.create_string_buffer(keys[start * ks:(start + m) * ks], m * ks)
+            count.value = m
+            if lib.bpf_delete_batch(self.fd, kb, ctypes.byref(count)) != 0:
+                for i in range(count.value, m):
+                    lib.bpf_delete_elem(self.fd, ctypes.byref(kb, i * ks))
 
     def close(self):
         if self.fd >= 0:

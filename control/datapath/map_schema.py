@@ -42,6 +42,8 @@ MIRRORS: dict[str, type] = {
     "struct ct_entry": S.CtEntry,
     "struct nat_config": S.NatConfig,
     "struct nat_rule": S.NatRule,
+    "struct nat_shape": S.NatShape,
+    "struct nat_cls_key": S.NatClsKey,
     "struct nat_exact_key": S.NatExactKey,
     "struct nat_exact_val": S.NatExactVal,
     "struct frag_key": S.FragKey,
@@ -53,6 +55,7 @@ MIRRORS: dict[str, type] = {
 PACKINGS = {
     "struct nat_exact_key": S.NAT_EXACT_KEY_BYTES,
     "struct nat_exact_val": S.NAT_EXACT_VAL_BYTES,
+    "struct nat_cls_key": S.NAT_CLS_KEY_BYTES,
 }
 
 #: map kinds whose entries are slots, not keys: they cannot be deleted, only overwritten
@@ -105,6 +108,8 @@ MAPS: tuple[MapSpec, ...] = (
     MapSpec("ct", "ct", "lru_hash", "struct ct_key", "struct ct_entry"),
     MapSpec("nat_config", "nat_config", "array", "__u32", "struct nat_config"),
     MapSpec("nat_rules", "nat_rules", "array", "__u32", "struct nat_rule"),
+    MapSpec("nat_shapes", "nat_shapes", "array", "__u32", "struct nat_shape"),
+    MapSpec("nat_cls", "nat_cls", "hash", "struct nat_cls_key", "__u32"),
     MapSpec("nat_exact", "nat_exact", "hash", "struct nat_exact_key", "struct nat_exact_val"),
     MapSpec("nat_ifaddr", "nat_ifaddr", "hash", "__u32", "__be32"),
     MapSpec("local_addrs", "local_addrs", "lpm_trie", "struct subnet_key", "__u8"),
@@ -114,6 +119,8 @@ MAPS: tuple[MapSpec, ...] = (
     # the NAT stages' own maps (lib/nat.h): per-flow scratch, and the tail-call program arrays
     # (values are program fds when written, program ids when read)
     MapSpec("nat_scratch", "nat_scratch", "percpu_array", "__u32", "struct nat_scratch", "nat.h",
+            mirrored=False),
+    MapSpec("nat_cls_search", "nat_cls_search", "percpu_array", "__u32", "struct nat_cls_search", "nat_rules.h",
             mirrored=False),
     MapSpec("nat_tail", "nat_tail", "prog", "__u32", "__u32", "nat.h"),
     MapSpec("nat_tail_xdp", "nat_tail_xdp", "prog", "__u32", "__u32", "nat.h"),

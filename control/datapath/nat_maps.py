@@ -9,6 +9,11 @@ Contract:
   * A change that only adds, changes or removes exact entries of an unchanged instruction
     sequence (publishing or unpublishing a port) is written in place: one map update per entry,
     which is what makes one more published port cost microseconds, not a rule-set rewrite.
+  * Classifiers (tuple-space search) live in nat_shapes (two generations of MAX_NAT_SHAPES
+    slots) and nat_cls (keys carry their absolute slot, so both generations' keys coexist);
+    they are written with the instructions, before the flip, and the old generation's keys go
+    after it. Instructions and keys are written in batches (BPF_MAP_UPDATE_BATCH): 100,000
+    rules are a few system calls, not 200,000.
   * After an agent restart the live generation is read back from the maps, so the first apply
     is incremental too. The exact entries are never copied into the agent: a whole-rule-set
     apply reads the live ones back from the map.
@@ -39,7 +44,17 @@ def _mask(net) -> tuple[int, int]:
     return S.be32(str(net.network_address)), S.be32(str(net.netmask))
 
 
-def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
+def _table(i: C.Instruction, base: int, shape_base: int) -> int:
+    """The ``table`` operand, absolute: a classifier's first shape slot, an exact table id
+    (already absolute: TABLE_BASE), or a classified rule's next candidate pc (0: none)."""
+    if i.op == C.OP_CLASSIFY:
+        return shape_base + i.table
+    if i.op == C.OP_LOOKUP or not i.table:
+        return i.table
+    return base + i.table
+
+
+def to_ctypes(i: C.Instruction, base: int, shape_base: int = 0) -> S.NatRule:
     src, src_mask = _mask(i.src)
     dst, dst_mask = _mask(i.dst)
     return S.NatRule(src=src, src_mask=src_mask, dst=dst, dst_mask=dst_mask,
@@ -48,7 +63,49 @@ def to_ctypes(i: C.Instruction, base: int) -> S.NatRule:
                      iif=i.iif, oif=i.oif, proto=i.proto, op=i.op, neg=i.neg,
                      on_match=base + i.on_match, on_miss=base + i.on_miss, to_addr=_addr(i.to_addr),
                      to_port_min=i.to_ports.lo if i.to_ports else 0,
-                     to_port_max=i.to_ports.hi if i.to_ports else 0, table=i.table)
+                     to_port_max=i.to_ports.hi if i.to_ports else 0, table=_table(i, base, shape_base),
+                     shapes=i.shapes)
+
+
+#: struct nat_rule as bytes (addresses and masks raw network order, the rest host order)
+_RULE = S.byte_packing(S.NatRule, network_order=("src", "src_mask", "dst", "dst_mask", "to_addr"))
+_ZERO4 = bytes(4)
+
+
+def _net_raw(net) -> tuple[bytes, bytes]:
+    if net is None:
+        return _ZERO4, _ZERO4
+    return net.network_address.packed, net.netmask.packed
+
+
+def rule_raw(i: C.Instruction, base: int, shape_base: int) -> bytes:
+    """``bytes(to_ctypes(i, base, shape_base))``, several times faster (100,000 rules)."""
+    src, src_mask = _net_raw(i.src)
+    dst, dst_mask = _net_raw(i.dst)
+    sp, dp, tp = i.sport, i.dport, i.to_ports
+    return _RULE.pack(src, src_mask, dst, dst_mask, sp.lo if sp else 0, sp.hi if sp else 65535,
+                      dp.lo if dp else 0, dp.hi if dp else 65535, i.iif, i.oif, i.proto, i.op, i.neg,
+                      base + i.on_match, base + i.on_miss, i.to_addr.packed if i.to_addr is not None else _ZERO4,
+                      tp.lo if tp else 0, tp.hi if tp else 0, _table(i, base, shape_base), i.shapes)
+
+
+_SHAPE = S.byte_packing(S.NatShape, network_order=("src_mask", "dst_mask"))
+_CLS_KEY = S.NAT_CLS_KEY_BYTES
+_U32 = struct.Struct("=I")
+#: the absolute shape slot of a raw nat_cls key (its first field)
+_CLS_SLOT = struct.Struct("=I")
+
+
+def shape_raw(shape: C.Shape, first_pc: int, last: bool) -> bytes:
+    return _SHAPE.pack(C._plen_mask(shape.src_plen).to_bytes(4, "big"), C._plen_mask(shape.dst_plen).to_bytes(4, "big"),
+                       0xFFFF if shape.sport else 0, 0xFFFF if shape.dport else 0,
+                       0xFFFFFFFF if shape.iif else 0, 0xFFFFFFFF if shape.oif else 0,
+                       0xFF if shape.proto else 0, shape.local_mask, int(last), first_pc)
+
+
+def cls_key_raw(k: C.ClsKey, shape_base: int) -> bytes:
+    return _CLS_KEY.pack(shape_base + k.slot, k.saddr.to_bytes(4, "big"), k.daddr.to_bytes(4, "big"),
+                         k.sport, k.dport, k.iif, k.oif, k.proto, k.local)
 
 
 _KEY = S.NAT_EXACT_KEY_BYTES           # struct nat_exact_key, bytes as in the map
@@ -89,8 +146,8 @@ class NatMaps:
     agent's memory, so the maps are the only record of them and a whole-rule-set apply reads the
     live ones back (a few batched system calls). Publishing or unpublishing ports reads nothing."""
 
-    def __init__(self, config, rules, exact):
-        self.config, self.rules, self.exact = config, rules, exact
+    def __init__(self, config, rules, exact, shapes, cls):
+        self.config, self.rules, self.exact, self.shapes, self.cls = config, rules, exact, shapes, cls
         self._live_rules: list[bytes] | None = None     # instructions of the live generation
 
     def live_config(self) -> S.NatConfig:
@@ -119,6 +176,11 @@ class NatMaps:
                 out[k] = v
         return out
 
+    def live_cls(self, generation: int) -> list[bytes]:
+        """The raw nat_cls keys of ``generation``, from the map."""
+        lo = generation * C.MAX_NAT_SHAPES
+        return [k for k, _ in self.cls.raw_items() if lo <= _CLS_SLOT.unpack_from(k)[0] < lo + C.MAX_NAT_SHAPES]
+
     def apply(self, compile_with_base, netns_cookie: int, port_min: int, port_max: int) -> dict:
         """Make the maps hold ``compile_with_base(table_base)``; returns what was written.
 
@@ -128,12 +190,13 @@ class NatMaps:
         self._read_live(cfg)
         live = cfg.generation
         prog = compile_with_base(TABLE_BASE[live])
-        base = live * C.MAX_NAT_RULES
-        rules = [_raw(to_ctypes(i, base)) for i in prog.instructions]
+        base, shape_base = live * C.MAX_NAT_RULES, live * C.MAX_NAT_SHAPES
+        rules = [rule_raw(i, base, shape_base) for i in prog.instructions]
         entries = [base + prog.entries[h] for h in C.HOOKS]
         settings_same = (cfg.netns_cookie, cfg.port_min, cfg.port_max, list(cfg.entry)) == \
             (netns_cookie, port_min, port_max, entries)
         if rules == self._live_rules:
+            # the same instructions: the same classifiers too (they are derived from them)
             if not settings_same:
                 cfg.netns_cookie, cfg.port_min, cfg.port_max = netns_cookie, port_min, port_max
                 self.config.update(0, cfg)
@@ -144,16 +207,25 @@ class NatMaps:
         new = 1 - live if self._live_rules else live
         if new != live:
             prog = compile_with_base(TABLE_BASE[new])
-        nbase = new * C.MAX_NAT_RULES
-        new_rules = [to_ctypes(i, nbase) for i in prog.instructions]
+        nbase, nshape_base = new * C.MAX_NAT_RULES, new * C.MAX_NAT_SHAPES
+        new_rules = rules if new == live else [rule_raw(i, nbase, nshape_base) for i in prog.instructions]
         new_exact = {exact_key_raw(k): exact_value_raw(v) for k, v in prog.exact.items()}
+        new_shapes = b"".join(shape_raw(sh, nbase + first, slot in prog.shape_last)
+                              for slot, (sh, first) in enumerate(zip(prog.shapes, prog.shape_first)))
+        new_cls = {cls_key_raw(k, nshape_base): _U32.pack(nbase + pc) for k, pc in prog.cls.items()}
         entry = [nbase + prog.entries[h] for h in C.HOOKS]
+        nshapes = len(prog.shapes)
         del prog
         old = self.live_exact(live)     # before any write: a first apply may write into ``live``
-        for pc, r in enumerate(new_rules):
-            self.rules.update(nbase + pc, r)
+        old_cls = self.live_cls(live)
+        written = list(new_rules)
         if len(new_rules) < C.MAX_NAT_RULES:      # an all-zero slot marks the end (_read_live)
-            self.rules.update(nbase + len(new_rules), S.NatRule())
+            written.append(bytes(ctypes.sizeof(S.NatRule)))
+        self.rules.update_batch(b"".join(_U32.pack(nbase + pc) for pc in range(len(written))), b"".join(written))
+        if nshapes:
+            self.shapes.update_batch(b"".join(_U32.pack(nshape_base + n) for n in range(nshapes)), new_shapes)
+        if new_cls:
+            self.cls.update_batch(b"".join(new_cls), b"".join(new_cls.values()))
         for k, v in new_exact.items():
             self.exact.update(S.NatExactKey.from_buffer_copy(k), S.NatExactVal.from_buffer_copy(v))
         flip = S.NatConfig(netns_cookie=netns_cookie, port_min=port_min, port_max=port_max, generation=new)
@@ -163,11 +235,15 @@ class NatMaps:
         gone = list(old) if new != live else [k for k in old if k not in new_exact]
         for k in gone:
             self.exact.delete(S.NatExactKey.from_buffer_copy(k))
-        self._live_rules = [_raw(r) for r in new_rules]
-        log.info("nat rules: generation %d live (%d instructions, %d exact entries)", new, len(new_rules),
-                 len(new_exact))
+        cls_gone = old_cls if new != live else [k for k in old_cls if k not in new_cls]
+        if cls_gone:
+            self.cls.delete_batch(b"".join(cls_gone))
+        self._live_rules = new_rules
+        log.info("nat rules: generation %d live (%d instructions, %d exact entries, %d classifier keys in "
+                 "%d shapes)", new, len(new_rules), len(new_exact), len(new_cls), nshapes)
         return {"generation": new, "instructions": len(new_rules), "exact_written": len(new_exact),
-                "exact_removed": len(gone), "flipped": True}
+                "exact_removed": len(gone), "classifier_keys": len(new_cls), "shapes": nshapes,
+                "flipped": True}
 
     def apply_managed_delta(self, tables: list[int], changes) -> dict:
         """Publishing or unpublishing ports when nothing else changed: ``changes`` is an iterable
@@ -244,4 +320,7 @@ class NatMaps:
         self.config.update(0, S.NatConfig(entry=(ctypes.c_uint32 * 4)(*([0xFFFFFFFF] * 4))))
         for k in self.exact.keys():
             self.exact.delete(k)
+        keys = [k for k, _ in self.cls.raw_items()]
+        if keys:
+            self.cls.delete_batch(b"".join(keys))
         self._live_rules = []

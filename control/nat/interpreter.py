@@ -65,6 +65,10 @@ def run(prog: C.Program, hook: str, saddr: str, daddr: str, proto: int, sport: i
         if i.op == C.OP_GOTO:
             pc = i.on_match
             continue
+        if i.op == C.OP_CLASSIFY:
+            hit = classify(prog, i, saddr, daddr, proto, sport, dport, iif, oif, src_local, dst_local)
+            pc = hit if hit is not None else i.on_miss
+            continue
         if i.op == C.OP_LOOKUP:
             hit = _exact(prog, i.table, daddr, proto, dport, iif)
             if hit is not None:
@@ -73,6 +77,29 @@ def run(prog: C.Program, hook: str, saddr: str, daddr: str, proto: int, sport: i
             continue
         return i.op, i.to_addr, i.to_ports
     raise AssertionError("evaluation exceeded MAX_NAT_STEPS")
+
+
+def classify(prog: C.Program, head: C.Instruction, saddr: str, daddr: str, proto: int, sport: int, dport: int,
+             iif: int, oif: int, src_local: bool, dst_local: bool) -> int | None:
+    """nat_classify: the pc of the classifier's first rule that matches, by the same search
+    (one key per shape, shapes in order of first rule, stop once the best precedes a shape)."""
+    best = None
+    s, d = int(ipaddress.IPv4Address(saddr)), int(ipaddress.IPv4Address(daddr))
+    local = int(src_local) | int(dst_local) << 1
+    for slot in range(head.table, head.table + head.shapes):
+        if best is not None and prog.shape_first[slot] >= best:
+            break
+        key = C.packet_key(prog.shapes[slot], slot, s, d, sport, dport, iif, oif, proto, local)
+        pc = prog.cls.get(key)
+        for _ in range(C.NAT_CLS_CHAIN):
+            if not pc or (best is not None and pc >= best):
+                break
+            rule = prog.instructions[pc]
+            if matches(rule, saddr, daddr, proto, sport, dport, iif, oif, src_local, dst_local):
+                best = pc
+                break
+            pc = rule.table                  # the next candidate with this key
+    return best
 
 
 def _exact(prog: C.Program, table: int, daddr: str, proto: int, dport: int, iif: int):

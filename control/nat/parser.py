@@ -21,6 +21,7 @@ that are common in the wild. Unlike iptables, ``--dport`` may also come before `
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ def tokenize(line: str) -> list[str]:
     """Split one iptables-restore line into words: whitespace separates, ``"..."`` groups (and
     ends a word at its closing quote), ``\\x`` inside quotes is ``x``. An unterminated quote is an
     error (iptables-restore would swallow the rest of the line)."""
+    if '"' not in line:
+        return line.split()             # the common case, at C speed (a 100,000-rule file)
     words, buf, i, quoted = [], [], 0, False
     while i < len(line):
         c = line[i]
@@ -144,6 +147,22 @@ def parse_target_ports(text: str, opt: str) -> PortRange:
     return PortRange(lo_n, hi_n)
 
 
+_DOTTED_QUAD = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+
+
+@functools.lru_cache(maxsize=65536)
+def _ipv4(text: str) -> ipaddress.IPv4Address:
+    """``ipaddress.IPv4Address(text)`` (the same strict dotted quad, ValueError otherwise), several
+    times faster: a 100,000-rule iptables-save file holds some 200,000 addresses."""
+    m = _DOTTED_QUAD.fullmatch(text)
+    if m is None:
+        raise ValueError(text)
+    a, b, c, d = (int(x) for x in m.groups())
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        raise ValueError(text)
+    return ipaddress.IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
+
+
 def parse_to(text: str, opt: str) -> tuple[ipaddress.IPv4Address, PortRange | None]:
     """DNAT/SNAT value ``ADDR[:P[-Q]]``: one address; ranges and port-only forms are refused."""
     addr, colon, ports = text.partition(":")
@@ -154,19 +173,20 @@ def parse_to(text: str, opt: str) -> tuple[ipaddress.IPv4Address, PortRange | No
     if "-" in addr:
         raise InvalidArgument(f'unsupported address range "{addr}" in {opt} (one address only)')
     try:
-        ip = ipaddress.IPv4Address(addr)
+        ip = _ipv4(addr)
     except ValueError:
         raise InvalidArgument(f'bad address "{addr}" in {opt}') from None
     return ip, (parse_target_ports(ports, opt) if colon else None)
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_address(text: str, opt: str) -> ipaddress.IPv4Network:
     """``-s``/``-d`` value: ``A.B.C.D[/LEN|/MASK]``; hostnames, lists and odd masks are refused."""
     if "," in text:
         raise InvalidArgument(f'multiple addresses in {opt} are not supported ("{text}")')
     addr, slash, mask = text.partition("/")
     try:
-        ipaddress.IPv4Address(addr)
+        ip = _ipv4(addr)
     except ValueError:
         raise InvalidArgument(f'bad address "{text}" in {opt} (hostnames are not supported)') from None
     if slash and "." in mask:
@@ -177,7 +197,8 @@ def parse_address(text: str, opt: str) -> ipaddress.IPv4Network:
         mask = str(net.prefixlen)
     if slash and (not mask.isdigit() or int(mask) > 32):
         raise InvalidArgument(f'bad netmask "{mask}" in {opt}')
-    return ipaddress.IPv4Network(f"{addr}/{mask or 32}", strict=False)
+    plen = int(mask or 32)
+    return ipaddress.IPv4Network((int(ip) & (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF, plen))
 
 
 # -- rule specs ---------------------------------------------------------------------------------

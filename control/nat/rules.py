@@ -129,8 +129,8 @@ def check_iface(name: str, opt: str) -> None:
 
 
 def _net(value, opt: str) -> ipaddress.IPv4Network | None:
-    if value is None:
-        return None
+    if value is None or type(value) is ipaddress.IPv4Network:
+        return value
     try:
         return ipaddress.IPv4Network(value, strict=False)
     except (ValueError, TypeError):
@@ -272,7 +272,8 @@ class Rule:
             if t not in ("DNAT", "SNAT"):
                 raise InvalidArgument("a translation address needs -j DNAT or -j SNAT")
             try:
-                self._set("to_addr", ipaddress.IPv4Address(self.to_addr))
+                if type(self.to_addr) is not ipaddress.IPv4Address:
+                    self._set("to_addr", ipaddress.IPv4Address(self.to_addr))
             except (ValueError, TypeError):
                 raise InvalidArgument(f'bad address "{self.to_addr}" in {_to_opt(t)}') from None
         if self.to_ports is not None:

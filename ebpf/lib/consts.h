@@ -17,7 +17,22 @@
 #define MAX_CT 262144              /* conntrack entries (LRU; two per translated flow) */
 #endif
 #ifndef MAX_NAT_RULES
-#define MAX_NAT_RULES 1024         /* compiled rule instructions per generation (two generations) */
+#define MAX_NAT_RULES 131072       /* compiled rule instructions per generation (two generations) */
+#endif
+#ifndef MAX_NAT_SHAPES
+#define MAX_NAT_SHAPES 4096        /* classifier shapes per generation (two generations) */
+#endif
+#ifndef MAX_NAT_CLS
+#define MAX_NAT_CLS 262144         /* classifier keys, both generations together */
+#endif
+#ifndef NAT_CLS_SHAPES
+#define NAT_CLS_SHAPES 32          /* shapes one classifier may have (the compiler opens another) */
+#endif
+#ifndef NAT_CLS_CHAIN
+#define NAT_CLS_CHAIN 4            /* candidate rules one classifier key may have */
+#endif
+#ifndef NAT_SOCK_SHAPES
+#define NAT_SOCK_SHAPES 8          /* the same for OUTPUT (socket layer) */
 #endif
 #ifndef MAX_NAT_STEPS
 #define MAX_NAT_STEPS 256          /* instructions one evaluation may visit (the compiler enforces it) */

@@ -40,6 +40,10 @@ BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_entry, ct, MAX_CT, PIN_DIR
 BPF_TABLE_PINNED("array", __u32, struct nat_config, nat_config, 1, PIN_DIR "/nat_config");
 /* compiled rule instructions, two generations of MAX_NAT_RULES (swapped by nat_config) */
 BPF_TABLE_PINNED("array", __u32, struct nat_rule, nat_rules, 2 * MAX_NAT_RULES, PIN_DIR "/nat_rules");
+/* classifier shapes, two generations of MAX_NAT_SHAPES, and the classifier keys of both */
+BPF_TABLE_PINNED("array", __u32, struct nat_shape, nat_shapes, 2 * MAX_NAT_SHAPES, PIN_DIR "/nat_shapes");
+BPF_TABLE_PINNED7("hash", struct nat_cls_key, __u32, nat_cls, MAX_NAT_CLS, PIN_DIR "/nat_cls",
+		  BPF_F_NO_PREALLOC);
 /* simple DNAT rules by (table, proto, daddr, dport): constant cost however many there are */
 BPF_TABLE_PINNED7("hash", struct nat_exact_key, struct nat_exact_val, nat_exact, MAX_NAT_EXACT,
 		  PIN_DIR "/nat_exact", BPF_F_NO_PREALLOC);

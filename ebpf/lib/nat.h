@@ -238,13 +238,16 @@ static __always_inline int nat_parse_tracked(dl_ctx *ctx, struct nat_pkt *p, int
 #define NAT_TAIL_EVAL   0   /* evaluate s->hook for s->m into s->d, then tail-call s->next */
 #define NAT_TAIL_ROUTE  1   /* apply PREROUTING's decision, route, set up POSTROUTING */
 #define NAT_TAIL_COMMIT 2   /* apply POSTROUTING's decision, create the flow, rewrite, send */
+#define NAT_TAIL_CLASSIFY 3 /* search classifier s->d (NAT_OP_CLASSIFY), set s->pc, back to EVAL */
 
 struct nat_scratch {
 	struct nat_pkt p;
 	struct nat_route r;
 	struct nat_match_pkt m;   /* what the rules of s->hook see */
 	struct nat_decision d;    /* what they decided */
-	__u32 pc;                 /* where tc_nat_eval starts (a hook entry, or after a LOOKUP) */
+	__u32 pc;                 /* where tc_nat_eval starts (a hook entry, after a LOOKUP, or the
+	                           * rule a classifier found) */
+	__u32 resume;             /* NAT_TAIL_CLASSIFY: where to go on if the classifier finds nothing */
 	__u32 lookups;            /* NAT_OP_LOOKUP tables consulted so far in this evaluation */
 	__u32 hook;
 	__u32 next;               /* the stage after the evaluation */

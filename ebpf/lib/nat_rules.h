@@ -35,7 +35,8 @@ struct nat_decision {
 	__be32 to_addr;
 	__u16  to_port_min;  /* host order, 0 = keep */
 	__u16  to_port_max;
-	__u32  table;        /* NAT_OP_LOOKUP only */
+	__u32  table;        /* NAT_OP_LOOKUP: the exact table; NAT_OP_CLASSIFY: the first shape slot */
+	__u32  shapes;       /* NAT_OP_CLASSIFY: how many shapes */
 };
 
 static __always_inline __u8 is_local_addr(__be32 addr)
@@ -118,6 +119,82 @@ static __always_inline int nat_exact_match(__u32 table, const struct nat_match_p
 	return 1;
 }
 
+#define NAT_NO_PC 0xffffffff
+
+/* The search's running state lives in map memory, not registers: the verifier does not track
+ * map contents, so every path through a shape ends in the same state and the loop verifies in
+ * time linear in its bound (kept in registers, "best" made each path a state of its own). */
+struct nat_cls_search {
+	__u32 best;               /* the first matching rule so far (absolute pc), NAT_NO_PC */
+	__u32 cand;               /* the candidate being checked */
+	__u32 last;               /* the shape being searched is the classifier's last */
+	struct nat_match_pkt m;   /* the packet */
+};
+
+BPF_TABLE_PINNED("percpu_array", __u32, struct nat_cls_search, nat_cls_search, 1, PIN_DIR "/nat_cls_search");
+
+/* Tuple-space search (Open vSwitch's classifier): the first rule of the classifier whose
+ * conditions hold, as an absolute pc, or NAT_NO_PC. One hash lookup per shape; a candidate's
+ * own conditions are checked at its pc, since a key holds only the exact and prefix fields;
+ * rules a key cannot tell apart are candidates in turn (at most NAT_CLS_CHAIN).
+ * Shapes come in order of their first rule: once the best candidate precedes a shape's first
+ * rule, no later shape can win. The classifier's last shape says so (a count in a register
+ * would let clang fold it into the loop bound, which the verifier then follows path by path);
+ * max_shapes bounds the loop for the verifier (the compiler never gives a classifier more). */
+static __always_inline __u32 nat_classify(__u32 first, const struct nat_match_pkt *p, const int max_shapes)
+{
+	__u32 zero = 0;
+	struct nat_cls_search *st = nat_cls_search.lookup(&zero);
+
+	if (!st)
+		return NAT_NO_PC;
+	st->best = NAT_NO_PC;
+	st->m = *p;
+	for (int i = 0; i < max_shapes; i++) {
+		__u32 slot = first + i;
+		struct nat_shape *sh;
+		struct nat_cls_key k = {};
+		__u32 *hit;
+		__u8 local;
+
+		sh = nat_shapes.lookup(&slot);
+		if (!sh || sh->first_pc >= st->best)
+			break;
+		local = st->m.src_local | (st->m.dst_local << 1);
+		k.shape = slot;
+		k.saddr = st->m.saddr & sh->src_mask;
+		k.daddr = st->m.daddr & sh->dst_mask;
+		k.sport = st->m.sport & sh->sport_mask;
+		k.dport = st->m.dport & sh->dport_mask;
+		k.iif = st->m.iif & sh->iif_mask;
+		k.oif = st->m.oif & sh->oif_mask;
+		k.proto = st->m.proto & sh->proto_mask;
+		k.local = local & sh->local_mask;
+		st->last = sh->last;
+		hit = nat_cls.lookup(&k);
+		st->cand = hit ? *hit : 0;
+		/* the key's candidates, in rule order (a classified rule's table: the next one) */
+		for (int c = 0; c < NAT_CLS_CHAIN; c++) {
+			__u32 pc = st->cand;
+			struct nat_rule *r;
+
+			if (!pc || pc >= st->best)
+				break;
+			r = nat_rules.lookup(&pc);
+			if (!r)
+				break;
+			if (rule_matches(r, &st->m)) {
+				st->best = pc;
+				break;
+			}
+			st->cand = r->table;
+		}
+		if (st->last)
+			break;
+	}
+	return st->best;
+}
+
 /* Is (daddr, dport, proto) the target of a published port (NAT_HAIRPIN_TABLE)? dport is
  * network order. */
 static __always_inline int nat_hairpin_target(__be32 daddr, __be16 dport, __u8 proto)
@@ -136,8 +213,8 @@ static __always_inline __u32 nat_hook_entry(__u32 hook)
 }
 
 /* First-match evaluation from instruction pc until a decision (d->op, NAT_OP_ACCEPT when nothing
- * translates) or a NAT_OP_LOOKUP instruction: then d->op is NAT_OP_LOOKUP, d->table its table
- * and *resume where to go on if the table has no entry. The caller does the lookup outside this
+ * translates) or a NAT_OP_LOOKUP or NAT_OP_CLASSIFY instruction: then d->op is that op, d->table
+ * (and d->shapes) its operands and *resume where to go on if nothing is found. The caller does the lookup outside this
  * loop, so the loop body stays small enough for the verifier at MAX_NAT_STEPS. */
 static __always_inline void nat_evaluate_from(__u32 pc, const struct nat_match_pkt *p,
 					      struct nat_decision *d, __u32 *resume, const int max_steps)
@@ -168,6 +245,7 @@ static __always_inline void nat_evaluate_from(__u32 pc, const struct nat_match_p
 		d->to_port_min = r->to_port_min;
 		d->to_port_max = r->to_port_max;
 		d->table = r->table;
+		d->shapes = r->shapes;
 		*resume = r->on_miss;
 		return;
 	}

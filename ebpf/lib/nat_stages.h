@@ -100,7 +100,18 @@ static __always_inline int nat_stage_eval(dl_ctx *ctx)
 	m = s->m;
 	nat_evaluate_from(s->pc, &m, &d, &resume, MAX_NAT_STEPS);
 	s->d = d;
-	if (d.op == NAT_OP_LOOKUP) {
+	if (d.op == NAT_OP_CLASSIFY) {
+		if (s->lookups >= NAT_MAX_LOOKUPS) {
+			s->d.op = NAT_OP_ACCEPT;
+		} else {
+			/* the search runs in its own program (the verifier follows the rule loop
+			 * and the search separately) */
+			s->resume = resume;
+			s->lookups += 1;
+			nat_tail_call(ctx, NAT_TAIL_CLASSIFY);
+			return CTX_ACT_OK;
+		}
+	} else if (d.op == NAT_OP_LOOKUP) {
 		if (nat_exact_match(d.table, &m, &s->d) || s->lookups >= NAT_MAX_LOOKUPS) {
 			if (s->d.op == NAT_OP_LOOKUP)
 				s->d.op = NAT_OP_ACCEPT;
@@ -116,6 +127,23 @@ static __always_inline int nat_stage_eval(dl_ctx *ctx)
 	nat_tail_call(ctx, s->next);
 	/* only if the next stage is missing (never once the agent has set up nat_tail). Nothing
 	 * heavier here: the verifier follows every exit of the rule loop through this code. */
+	return CTX_ACT_OK;
+}
+
+/* NAT_TAIL_CLASSIFY: the tuple-space search of the classifier in s->d, then evaluation goes on
+ * at the rule found (which then matches) or after the classifier's rules. */
+static __always_inline int nat_stage_classify(dl_ctx *ctx)
+{
+	struct nat_scratch *s = scratch();
+	struct nat_match_pkt m;
+	__u32 pc;
+
+	if (!s)
+		return CTX_ACT_OK;
+	m = s->m;
+	pc = nat_classify(s->d.table, &m, NAT_CLS_SHAPES);
+	s->pc = pc != NAT_NO_PC ? pc : s->resume;
+	nat_tail_call(ctx, NAT_TAIL_EVAL);
 	return CTX_ACT_OK;
 }
 

@@ -113,7 +113,8 @@ struct nat_config {
 
 /* ---- compiled NAT rules (control/nat/compiler.py). An array of instructions, visited from a
  * hook's entry: if the instruction matches, "op" decides; otherwise go to "on_miss". Only
- * forward gotos exist (user chains are inlined), so an evaluation visits each at most once. */
+ * forward gotos exist (user chains are inlined), so an evaluation visits each at most once.
+ * pcs, shape slots and exact-table ids are absolute (the writer adds the generation's base). */
 struct nat_rule {
 	__be32 src;               /* -s: (saddr & src_mask) == src */
 	__be32 src_mask;
@@ -128,12 +129,15 @@ struct nat_rule {
 	__u8   proto;             /* -p: IPPROTO_*, 0 = any */
 	__u8   op;                /* NAT_OP_* */
 	__u16  neg;               /* NAT_NEG_* bits: negated conditions */
-	__u16  on_match;          /* next instruction when it matches and op is NAT_OP_GOTO */
-	__u16  on_miss;           /* next instruction when it does not match */
+	__u32  on_match;          /* next instruction when it matches and op is NAT_OP_GOTO */
+	__u32  on_miss;           /* next instruction when it does not match */
 	__be32 to_addr;           /* DNAT/SNAT address */
 	__u16  to_port_min;       /* DNAT/SNAT/MASQUERADE/REDIRECT ports (host order), 0 = keep */
 	__u16  to_port_max;
-	__u32  table;             /* NAT_OP_LOOKUP: the exact-match table id (host order) */
+	__u32  table;             /* NAT_OP_LOOKUP: the exact-match table id; NAT_OP_CLASSIFY: the
+	                           * classifier's first slot in nat_shapes; a rule of a classifier:
+	                           * the next candidate rule with its key, 0 = none (host order) */
+	__u32  shapes;            /* NAT_OP_CLASSIFY: how many nat_shapes slots it has */
 };
 
 #define NAT_OP_GOTO       0   /* matched: continue at on_match (a jump into an inlined chain) */
@@ -144,6 +148,42 @@ struct nat_rule {
 #define NAT_OP_REDIRECT   5
 #define NAT_OP_LOOKUP     6   /* consult nat_exact with this table id; a hit is a DNAT, a miss goes
                                * on at on_miss (at most NAT_MAX_LOOKUPS per evaluation) */
+#define NAT_OP_CLASSIFY   7   /* tuple-space search of the rules that follow it (a classifier):
+                               * continue at the first of them that matches, else at on_miss.
+                               * Counts as a lookup, like NAT_OP_LOOKUP. Carries no conditions. */
+
+/* One shape of a classifier (nat_shapes): which fields its rules match exactly or by prefix.
+ * A packet's key for the shape is its fields ANDed with these masks; nat_cls maps that key to
+ * the first rule of the shape with it. A classifier's shapes are in order of first_pc, so a
+ * search stops at the first shape whose first_pc is past the best match so far. */
+struct nat_shape {
+	__be32 src_mask;
+	__be32 dst_mask;
+	__u16  sport_mask;        /* 0 or 0xffff (host order, like the ports of nat_match_pkt) */
+	__u16  dport_mask;
+	__u32  iif_mask;          /* 0 or ~0 */
+	__u32  oif_mask;
+	__u8   proto_mask;        /* 0 or 0xff */
+	__u8   local_mask;        /* bit 0: src is local, bit 1: dst is local (-m addrtype) */
+	__u16  last;              /* 1: the classifier's last shape (the search stops after it) */
+	__u32  first_pc;          /* the lowest pc of the shape's rules */
+};
+
+/* Key of nat_cls: a shape's slot and a packet's fields under its masks. Value: the pc (__u32)
+ * of the first rule of that shape with this key; the rule's own conditions are checked again
+ * at that pc (a key is a necessary condition: negations and port ranges stay in the rule). */
+struct nat_cls_key {
+	__u32  shape;             /* slot in nat_shapes (host order) */
+	__be32 saddr;
+	__be32 daddr;
+	__u16  sport;             /* host order */
+	__u16  dport;
+	__u32  iif;
+	__u32  oif;
+	__u8   proto;
+	__u8   local;
+	__u16  pad;
+};
 
 #define NAT_NEG_SRC      0x01
 #define NAT_NEG_DST      0x02

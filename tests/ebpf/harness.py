@@ -17,6 +17,7 @@ import ctypes
 import errno
 import ipaddress
 import os
+import struct
 from dataclasses import dataclass
 
 from dockline.control.datapath import bpf_structs as S
@@ -120,9 +121,9 @@ class Maps:
         for idx in range(S.NR_NAT_COUNTERS):
             self.nat_counters.update(idx, ctypes.c_uint64(0))
         if self._rules_written or bytes(self.nat_config.lookup(0)) != bytes(reset_nat_config()):
-            zero = S.NatRule()
-            for slot in range(self.nat_rule_slots):
-                self.nat_rules.update(slot, zero)
+            slots = range(self.nat_rule_slots)
+            self.nat_rules.update_batch(b"".join(struct.pack("=I", n) for n in slots),
+                                        bytes(ctypes.sizeof(S.NatRule) * len(slots)))
             self._rules_written = False
         self.nat_config.update(0, reset_nat_config())
 
@@ -186,7 +187,7 @@ class Maps:
         rs, _ = parse_save(save_text)
         managed = {"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]} if published else None
         self._rules_written = True
-        nat = NatMaps(self.nat_config, self.nat_rules, self.nat_exact)
+        nat = NatMaps(self.nat_config, self.nat_rules, self.nat_exact, self.nat_shapes, self.nat_cls)
         nat.apply(lambda base: compile_ruleset(rs, ifindex, base, managed=managed), netns_cookie, port_min, port_max)
         nat.sync_hairpin_targets({(ip, cport, proto) for (_, _, proto), (ip, cport) in (published or {}).items()})
         return compile_ruleset(rs, ifindex, 1, managed=managed)

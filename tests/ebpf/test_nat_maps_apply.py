@@ -48,7 +48,7 @@ def test_raw_items_reads_what_items_reads(maps):
 
 
 def test_deltas_in_place_applies_and_flips_leave_exactly_the_live_entries(maps):
-    nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact)
+    nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     published = {8080: (A, 80), 8081: (A, 81)}
     rs = ruleset()
     r = nat.apply(compiler_for(rs, published), 0, 61000, 65535)
@@ -84,14 +84,14 @@ def test_deltas_in_place_applies_and_flips_leave_exactly_the_live_entries(maps):
     assert map_entries(maps) == expected(compiler_for(rs2, published), 1 - gen)
 
     # a fresh NatMaps (an agent restart) goes on from what the maps say
-    again = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact)
+    again = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     r = again.apply(compiler_for(rs2, published), 0, 61000, 65535)
     assert (r["exact_written"], r["exact_removed"], r["flipped"]) == (0, 0, False)
     assert map_entries(maps) == expected(compiler_for(rs2, published), 1 - gen)
 
 
 def test_hairpin_targets_by_whole_set_and_by_delta_read_the_map_not_a_copy(maps):
-    nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact)
+    nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     assert nat.sync_hairpin_targets({("10.0.0.2", 80, 6), ("10.0.0.2", 53, 17)}) == 2
     assert nat.hairpin_targets() == {("10.0.0.2", 80, 6), ("10.0.0.2", 53, 17)}
     # an endpoint comes, another goes: only their targets are touched
@@ -99,6 +99,6 @@ def test_hairpin_targets_by_whole_set_and_by_delta_read_the_map_not_a_copy(maps)
     assert nat.hairpin_delta(set(), {("10.0.0.2", 80, 6), ("10.0.0.2", 53, 17)}) == 2
     assert nat.hairpin_targets() == {("10.0.0.3", 8080, 6)}
     # a fresh NatMaps (a restart) compares with what the map holds
-    again = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact)
+    again = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     assert again.sync_hairpin_targets({("10.0.0.3", 8080, 6), ("10.0.0.4", 1, 6)}) == 1
     assert again.hairpin_targets() == {("10.0.0.3", 8080, 6), ("10.0.0.4", 1, 6)}

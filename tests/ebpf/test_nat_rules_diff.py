@@ -71,6 +71,42 @@ RULESETS = {
 -A PREROUTING -p udp -m udp --sport 1024:1100 -j ACCEPT
 -A PREROUTING -p tcp -m tcp --dport 1003 -j DNAT --to-destination 10.0.0.2
 """),
+    # long runs: tuple-space classifiers (ebpf/lib/nat_rules.h nat_classify), with shadowed and
+    # chained keys, residual negations and ranges, RETURN from a classified user chain
+    "classified": ruleset(""":U - [0:0]
+-A PREROUTING -s 198.51.100.1/32 -p tcp -j DNAT --to-destination 10.0.0.2:1
+-A PREROUTING -s 198.51.100.0/24 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.3:2
+-A PREROUTING ! -s 192.0.2.0/24 -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.2:3
+-A PREROUTING -s 192.0.2.0/24 -p udp -m udp --dport 53 ! -i up1 -j DNAT --to-destination 10.0.0.3:4
+-A PREROUTING -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.2:5
+-A PREROUTING -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.3:99
+-A PREROUTING -d 203.0.113.1/32 -p tcp -m tcp --sport 1024:2047 -j DNAT --to-destination 10.0.0.3:6
+-A PREROUTING -i up1 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:7
+-A PREROUTING -p tcp -m multiport --dports 8000:8010,9000 -j DNAT --to-destination 10.0.0.3:8
+-A PREROUTING -s 100.64.0.0/10 -j ACCEPT
+-A PREROUTING -s 203.0.113.50/32 -p icmp -j DNAT --to-destination 10.0.0.3
+-A PREROUTING -p tcp -m tcp --dport 1000 -j DNAT --to-destination 10.0.0.2:10
+-A PREROUTING -m addrtype ! --dst-type LOCAL -p udp -j DNAT --to-destination 10.0.0.3:12
+-A PREROUTING -j U
+-A PREROUTING -p tcp -j DNAT --to-destination 10.0.0.3:11
+-A U -p tcp -m tcp --dport 22 -j RETURN
+-A U -s 198.51.100.20/32 -p tcp -j RETURN
+-A U -i up0 -p tcp -m tcp --sport 1024:1100 -j DNAT --to-destination 10.0.0.2:13
+-A U -d 203.0.113.1/32 -p udp -j DNAT --to-destination 10.0.0.2:14
+-A U ! -p tcp -j ACCEPT
+-A U -p tcp -m tcp ! --dport 1:1023 -s 192.0.2.0/24 -j DNAT --to-destination 10.0.0.3:15
+-A U -p tcp -m tcp --dport 443 -j DNAT --to-destination 10.0.0.2:16
+-A U -s 203.0.113.50/32 -p tcp -j REDIRECT --to-ports 17
+-A U -p tcp -m tcp --dport 23 -j REDIRECT
+"""),
+    # more shapes than one classifier takes (NAT_CLS_SHAPES): prefixes of every length (the
+    # narrowest of each source wins, so the shadowed ones share its decision)
+    "many-shapes": ruleset("".join(
+        f"-A PREROUTING -s {src}/{plen} -p {proto} -j DNAT --to-destination {to}\n"
+        for plen in range(32, 7, -1)
+        for src, proto, to in (("198.51.100.20", "tcp", "10.0.0.2:100"), ("192.0.2.5", "udp", "10.0.0.3:300"))
+    ) + "".join(f"-A PREROUTING -d 203.0.113.{n}/{24 + n} -p tcp -j DNAT --to-destination 10.0.0.3:200\n"
+                for n in range(1, 9)) + "-A PREROUTING -p udp -j DNAT --to-destination 10.0.0.2:400\n"),
 }
 
 SOURCES = [CLIENT, "198.51.100.1", "198.51.100.20", "192.0.2.5", "100.64.0.1", "203.0.113.50"]
@@ -89,7 +125,7 @@ def rule_ports(prog: C.Program) -> list[int]:
             if r is not None:
                 ports |= {r.lo, r.hi, max(r.lo - 1, 0), min(r.hi + 1, 65535)}
     ports |= {k.dport for k in prog.exact}
-    return sorted(ports)
+    return sorted(ports) or [80]
 
 
 def decisions(prog: C.Program) -> set:
@@ -107,18 +143,18 @@ def norm(op, addr, ports):
     return op, None if addr is None else str(addr), None if ports is None else (ports.lo, ports.hi)
 
 
-def packets(prog: C.Program, up0: int, up1: int):
+def packets(prog: C.Program, up0: int, up1: int, count: int = PACKETS):
     rng = random.Random(f"{SEED}")
     ports = rule_ports(prog)
     seq = 0
-    for _ in range(PACKETS):
+    for _ in range(count):
         seq += 1
         proto = rng.choice([6, 6, 6, 17, 17, 1])
         saddr = rng.choice(SOURCES)
         daddr = rng.choice([HOST_IP, HOST_IP, HOST_IP, UP1_IP, UP1_IP, "203.0.113.99", "8.8.8.8"])
         dport = rng.choice(ports) if rng.random() < 0.85 else rng.randrange(1, 65536)
         # unique per packet; half of them in 1024..2047 (a --sport range of the rules)
-        sport = rng.choice([1024 + seq % 1024, 30000 + seq])
+        sport = rng.choice([1024 + seq % 1024 if seq < 1024 else 30000 + seq, 30000 + seq])
         iif = rng.choice([up0, up0, up1])
         yield proto, saddr, daddr, sport, dport, iif, seq
 
@@ -149,7 +185,8 @@ def test_uplink_decisions_match_the_interpreter(world, name):
     prog = world.rules(RULESETS[name])
     ifaddr = {world.up0: HOST_IP, world.up1: UP1_IP}
     mismatches, got_decisions = [], set()
-    for proto, saddr, daddr, sport, dport, iif, seq in packets(prog, world.up0, world.up1):
+    count = 2500 if name == "classified" else PACKETS      # its rarest decisions need more
+    for proto, saddr, daddr, sport, dport, iif, seq in packets(prog, world.up0, world.up1, count):
         op, to_addr, to_ports = interpreter.run(prog, "PREROUTING", saddr, daddr, proto, sport, dport, iif=iif,
                                                 is_local=is_local)
         got_decisions.add(norm(op, to_addr, to_ports))
@@ -176,6 +213,17 @@ def test_uplink_decisions_match_the_interpreter(world, name):
     assert m.nat_counter_table().get("STEPS_EXCEEDED", 0) == 0
 
 
+def test_classified_rule_sets_really_are_classifiers(world):
+    """The "classified" rule set is two classifiers (PREROUTING's and U's) with chained keys;
+    "many-shapes" needs two classifiers for its shapes."""
+    prog = world.rules(RULESETS["classified"])
+    assert sum(i.op == C.OP_CLASSIFY for i in prog.instructions) == 2
+    assert any(i.table for i in prog.instructions if i.op not in (C.OP_CLASSIFY, C.OP_LOOKUP))   # a chain
+    prog = world.rules(RULESETS["many-shapes"])
+    heads = [i for i in prog.instructions if i.op == C.OP_CLASSIFY]
+    assert len(heads) == 2 and len(prog.shapes) > C.NAT_CLS_SHAPES and heads[0].shapes == C.NAT_CLS_SHAPES
+
+
 def test_exact_runs_really_are_several_tables(world):
     """The "exact-runs" rule set chains several LOOKUP instructions (one tail call of tc_nat_eval
     per table consulted), with a specific destination before "any" in one table."""
@@ -190,9 +238,10 @@ def test_eight_exact_tables_on_one_path(world):
     seven misses (seven tail calls of tc_nat_eval to itself, within the kernel's tail-call
     budget together with the other stages)."""
     body = ""
-    for n in range(8):
+    for n in range(8):      # 7 other rules between them: fewer than make a classifier
         body += f"-A PREROUTING -p tcp -m tcp --dport {2000 + n} -j DNAT --to-destination 10.0.0.2:{100 + n}\n"
-        body += f"-A PREROUTING -s 192.0.2.{n}/32 -j ACCEPT\n"
+        if n < 7:
+            body += f"-A PREROUTING -s 192.0.2.{n}/32 -j ACCEPT\n"
     prog = world.rules(ruleset(body))
     assert prog.max_lookups["PREROUTING"] == 8
     for n in (0, 7):

@@ -112,15 +112,19 @@ def gen_rule(rng, chain: str, user_chains: list[str]) -> Rule:
         return Rule(target="ACCEPT")
 
 
-def gen_ruleset(rng) -> Ruleset:
+def gen_ruleset(rng, size: int = 0) -> Ruleset:
+    """A random rule set; ``size`` > 0 gives each hook up to that many random rules (long runs,
+    which compile to classifiers), else up to 6."""
     rs = Ruleset()
     # user chains only jump "forward" in creation order, so there are no loops
     users = [f"U{i}" for i in range(rng.randint(0, 3))]
     for c in users:
         rs.chains[c] = []
     for chain in ("PREROUTING", "OUTPUT", "POSTROUTING"):
-        for _ in range(rng.randint(0, 6)):
-            rs.chains[chain].append(gen_rule(rng, chain, users))
+        for _ in range(rng.randint(size // 2, size) if size else rng.randint(0, 6)):
+            # long runs jump rarely: each jump ends a run (and a classifier)
+            jumps = users if not size or rng.random() < 0.05 else []
+            rs.chains[chain].append(gen_rule(rng, chain, jumps))
         # Docker's simple DNAT shape, which the compiler turns into exact-match runs
         if chain in ("PREROUTING", "OUTPUT") and rng.random() < 0.7:
             for _ in range(rng.randint(1, 5)):
@@ -154,16 +158,20 @@ def gen_packet(rng, hook):
     return rng.choice(ADDRS), rng.choice(ADDRS), proto, sport, dport, iif, oif
 
 
+def _compile_generated(rng, size: int = 0):
+    for _ in range(50):      # regenerate sets that hit the documented lookup limits
+        rs = gen_ruleset(rng, size)
+        try:
+            return rs, C.compile_ruleset(rs, IFACES.get)
+        except InvalidArgument as e:
+            assert "table lookups on one path" in str(e), e      # the one limit generated sets can hit
+    raise AssertionError("no generated rule set compiled")
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_compiled_program_decides_like_iptables(seed):
     rng = random.Random(seed)
-    for _ in range(50):      # regenerate sets that hit the documented OUTPUT lookup-run limit
-        rs = gen_ruleset(rng)
-        try:
-            prog = C.compile_ruleset(rs, IFACES.get)
-            break
-        except InvalidArgument as e:
-            assert "runs of simple DNAT" in str(e), e      # the one limit generated sets can hit
+    rs, prog = _compile_generated(rng)
     checked = 0
     for _ in range(300):
         hook = rng.choice(reference.HOOKS)
@@ -173,6 +181,23 @@ def test_compiled_program_decides_like_iptables(seed):
         assert got == want, f"hook {hook} packet {pkt}\n{rs.save()}"
         checked += 1
     assert checked == 300
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("classify_min", [1, 8])
+def test_classifiers_decide_like_iptables(seed, classify_min, monkeypatch):
+    """Long runs of rules compile to tuple-space classifiers; with classify_min=1 every run of
+    terminal rules outside OUTPUT does, so negations, port ranges, multiport, shadowed keys,
+    candidate lists, RETURN and addrtype all go through the search."""
+    monkeypatch.setattr(C, "CLASSIFY_MIN", classify_min)
+    rng = random.Random(1000 + seed)
+    rs, prog = _compile_generated(rng, size=40)
+    assert any(i.op == C.OP_CLASSIFY for i in prog.instructions) or classify_min > 1
+    for _ in range(300):
+        hook = rng.choice(reference.HOOKS)
+        pkt = gen_packet(rng, hook)
+        assert decide_compiled(prog, hook, *pkt) == decide_reference(rs, hook, *pkt), \
+            f"hook {hook} packet {pkt}\n{rs.save()}"
 
 
 def test_generated_rule_sets_exercise_every_feature():
@@ -251,10 +276,59 @@ def test_a_repeated_key_starts_a_new_run_to_keep_first_match_order():
 
 
 def test_too_many_steps_is_refused_by_name():
-    rules = [Rule(proto="tcp", src=ipaddress.IPv4Network(f"10.{i // 250}.{i % 250}.0/24"), target="ACCEPT")
-             for i in range(C.MAX_NAT_STEPS + 5)]
+    """Jumps end classifiers: 300 jumps to a user chain that can fall through put 600 visits on
+    one path."""
+    rules = [Rule(proto="tcp", src=ipaddress.IPv4Network(f"10.{i // 250}.{i % 250}.0/24"), target="U")
+             for i in range(300)]
+    rs = Ruleset({"PREROUTING": rules, "U": [Rule(proto="udp", target="ACCEPT")]})
     with pytest.raises(InvalidArgument, match="PREROUTING rules need .* rule visits"):
-        C.compile_ruleset(Ruleset({"PREROUTING": rules}), IFACES.get)
+        C.compile_ruleset(rs, IFACES.get)
+
+
+def test_near_misses_between_port_rules_compile_to_one_classifier():
+    """1,000 PREROUTING DNAT rules, -s near-misses alternating with --dport rules (refused at
+    256 visits before classifiers): one search, a few visits, and first-match order holds."""
+    rules = []
+    for i in range(500):
+        rules.append(Rule(proto="tcp", src=ipaddress.IPv4Network(f"10.1.{i // 250}.{i % 250}/32"),
+                          target="DNAT", to_addr=ipaddress.IPv4Address("10.0.0.2")))
+        rules.append(Rule(proto="tcp", dport=PortRange(20000 + i, 20000 + i), src=ipaddress.IPv4Network("10.2.0.0/16"),
+                          target="DNAT", to_addr=ipaddress.IPv4Address("10.0.0.3")))
+    rules.append(Rule(proto="tcp", dport=PortRange(20007, 20007), target="DNAT",
+                      to_addr=ipaddress.IPv4Address("10.0.0.4")))
+    rs = Ruleset({"PREROUTING": rules})
+    prog = C.compile_ruleset(rs, IFACES.get)
+    assert sum(i.op == C.OP_CLASSIFY for i in prog.instructions) == 1
+    assert prog.max_steps["PREROUTING"] <= 3 and len(prog.shapes) == 3
+    cases = [("10.1.0.7", 20007, "10.0.0.2"), ("10.2.3.4", 20007, "10.0.0.3"), ("10.3.0.1", 20007, "10.0.0.4"),
+             ("10.1.1.249", 1, "10.0.0.2"), ("10.1.2.0", 20499, None), ("10.2.0.1", 20500, None)]
+    for saddr, dport, want in cases:
+        pkt = (saddr, "198.18.0.1", "tcp", 40000, dport, "up0", None)
+        got = decide_compiled(prog, "PREROUTING", *pkt)
+        assert got == decide_reference(rs, "PREROUTING", *pkt) and got[1] == want, (saddr, dport, got)
+
+
+def test_a_hundred_thousand_rules_of_mixed_shapes_compile_to_few_visits():
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             ":POSTROUTING ACCEPT [0:0]", ":USR - [0:0]"]
+    for i in range(100_000):
+        a = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        lines.append([
+            f"-A PREROUTING -s {a}/32 -p tcp -j DNAT --to-destination 192.168.0.1:80",
+            f"-A PREROUTING -d {a}/32 -p tcp --dport {1000 + i % 60000} -j DNAT --to-destination 192.168.0.2",
+            f"-A PREROUTING -p udp --sport {1 + i % 60000} -d 172.16.{(i >> 8) & 255}.0/24 -j DNAT --to-destination 192.168.0.3",
+            f"-A PREROUTING -i up0 -p tcp --dport {i % 65535 + 1} -j DNAT --to-destination 192.168.0.4",
+            f"-A USR -s 10.{(i >> 8) & 255}.{i & 255}.0/24 -d {a}/32 -j DNAT --to-destination 192.168.0.5",
+            f"-A POSTROUTING -s {a}/32 -o br0 -j MASQUERADE"][i % 6])
+    lines += ["-A PREROUTING -j USR", "COMMIT"]
+    rs, _ = parse_save("\n".join(lines) + "\n")
+    prog = C.compile_ruleset(rs, IFACES.get)
+    assert prog.max_steps["PREROUTING"] <= 8 and prog.max_lookups["PREROUTING"] <= 3
+    pkt = ("9.9.9.9", "10.0.0.1", "tcp", 40000, 1001, "up0", None)      # rule #1 of PREROUTING's -d shape
+    assert decide_compiled(prog, "PREROUTING", *pkt) == ("DNAT", "192.168.0.2", None)
+    pkt = ("10.0.4.0", "10.0.0.4", "udp", 1, 2, "br0", None)              # only USR#1 (i=4) matches
+    assert decide_compiled(prog, "PREROUTING", *pkt) == decide_reference(rs, "PREROUTING", *pkt)
+    assert decide_compiled(prog, "PREROUTING", *pkt)[1] == "192.168.0.5"
 
 
 def test_constants_match_the_c_headers():
@@ -264,10 +338,12 @@ def test_constants_match_the_c_headers():
     def define(text, name):
         return int(re.search(rf"#define\s+{name}\s+(\w+)", text).group(1), 0)
 
-    for name in ("MAX_NAT_RULES", "MAX_NAT_STEPS", "NAT_MAX_LOOKUPS", "NAT_SOCK_LOOKUPS", "NAT_SOCK_STEPS"):
+    for name in ("MAX_NAT_RULES", "MAX_NAT_STEPS", "NAT_MAX_LOOKUPS", "NAT_SOCK_LOOKUPS", "NAT_SOCK_STEPS",
+                 "MAX_NAT_SHAPES", "NAT_CLS_SHAPES", "NAT_SOCK_SHAPES", "NAT_CLS_CHAIN"):
         assert define(consts, name) == getattr(C, name), name
     ops = {"GOTO": C.OP_GOTO, "ACCEPT": C.OP_ACCEPT, "DNAT": C.OP_DNAT, "SNAT": C.OP_SNAT,
-           "MASQUERADE": C.OP_MASQUERADE, "REDIRECT": C.OP_REDIRECT, "LOOKUP": C.OP_LOOKUP}
+           "MASQUERADE": C.OP_MASQUERADE, "REDIRECT": C.OP_REDIRECT, "LOOKUP": C.OP_LOOKUP,
+           "CLASSIFY": C.OP_CLASSIFY}
     for name, v in ops.items():
         assert define(structs, f"NAT_OP_{name}") == v, name
     for name in ("NEG_SRC", "NEG_DST", "NEG_SPORT", "NEG_DPORT", "NEG_IIF", "NEG_OIF", "NEG_PROTO", "SRC_LOCAL",
