@@ -161,6 +161,8 @@ def markdown(results: dict) -> str:
     lines += macvlan_table(results)
     from .endpoint_costs import table as endpoint_table
     lines += endpoint_table(results)
+    from .nat_box import table as nat_box_table
+    lines += nat_box_table(results)
     lines += mappings_table(results)
     names = list(t)
     lines += ["", "## Absolute numbers (medians; they depend on this machine, compare only within a run)", "",
@@ -293,6 +295,10 @@ def plots(results: dict, out: Path) -> list[Path]:
         fig.savefig(p, dpi=110)
         plt.close(fig)
         made.append(p)
+    from .nat_box import plot as nat_box_plot
+    nat_png = nat_box_plot(results, out)
+    if nat_png:
+        made.append(nat_png)
     return made
 
 

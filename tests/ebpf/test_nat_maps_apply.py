@@ -102,3 +102,42 @@ def test_hairpin_targets_by_whole_set_and_by_delta_read_the_map_not_a_copy(maps)
     again = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     assert again.sync_hairpin_targets({("10.0.0.3", 8080, 6), ("10.0.0.4", 1, 6)}) == 1
     assert again.hairpin_targets() == {("10.0.0.3", 8080, 6), ("10.0.0.4", 1, 6)}
+
+
+def classified(n: int, port_base: int) -> str:
+    """``n`` -s/--dport rules of two shapes: one classifier."""
+    return "".join(f"-A PREROUTING -s 10.9.{i // 250}.{i % 250}/32 -p tcp -m tcp --dport {port_base + i} "
+                   f"-j DNAT --to-destination 10.0.0.2\n" if i % 2 else
+                   f"-A PREROUTING -d 10.8.{i // 250}.{i % 250}/32 -p udp -j DNAT --to-destination 10.0.0.3\n"
+                   for i in range(n))
+
+
+def cls_keys(maps) -> set:
+    return {k for k, _ in maps.nat_cls.raw_items()}
+
+
+def expected_cls(rs, generation: int) -> set:
+    from dockline.control.datapath.nat_maps import cls_key_raw
+    prog = C.compile_ruleset(rs, lambda n: None, TABLE_BASE[generation], managed={"DOCKLINE": []})
+    return {cls_key_raw(k, generation * C.MAX_NAT_SHAPES) for k in prog.cls}
+
+
+def test_classifier_keys_follow_the_live_generation(maps):
+    """nat_cls holds exactly the live generation's keys after each flip, and nothing once the
+    rules have no classifier; the fast instruction packer writes what the ctypes mirror says."""
+    from dockline.control.datapath.nat_maps import rule_raw, to_ctypes
+    nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
+    sets = [ruleset(classified(300, 2000)), ruleset(classified(500, 3000)), ruleset()]
+    for rs in sets:
+        nat.apply(compiler_for(rs, {}), 0, 61000, 65535)
+        gen = nat.live_config().generation
+        assert cls_keys(maps) == expected_cls(rs, gen)
+        prog = C.compile_ruleset(rs, lambda n: None, TABLE_BASE[gen], managed={"DOCKLINE": []})
+        base, shape_base = gen * C.MAX_NAT_RULES, gen * C.MAX_NAT_SHAPES
+        for pc, i in enumerate(prog.instructions):
+            assert rule_raw(i, base, shape_base) == bytes(to_ctypes(i, base, shape_base))
+            assert bytes(maps.nat_rules.lookup(base + pc)) == bytes(to_ctypes(i, base, shape_base))
+        for slot, first in enumerate(prog.shape_first):
+            sh = maps.nat_shapes.lookup(shape_base + slot)
+            assert sh.first_pc == base + first and sh.last == (slot in prog.shape_last)
+    assert cls_keys(maps) == set()

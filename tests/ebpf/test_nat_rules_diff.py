@@ -266,3 +266,31 @@ def test_unconfigured_nat_config_translates_nothing(world):
                     / TCP(sport=40000, dport=443, flags="S"))
     assert world.endpoint(out_pkt) == (TC_ACT_OK, out_pkt)
     assert world.maps.nat_counter_table() == {}
+
+
+def test_a_hundred_thousand_rules_translate_in_a_few_lookups(world):
+    """100,000 rules of mixed shapes written to the maps: packets for rules near the end get
+    their translation, and no evaluation runs out of steps."""
+    lines = []
+    for i in range(100_000):
+        a = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        lines.append([
+            f"-A PREROUTING -s {a}/32 -p tcp -j DNAT --to-destination 10.0.0.2:80",
+            f"-A PREROUTING -d 198.18.{(i >> 8) & 255}.{i & 255}/32 -p tcp -m tcp --dport {1000 + i % 60000} "
+            "-j DNAT --to-destination 10.0.0.3",
+            f"-A PREROUTING -i up1 -p udp -m udp --dport {i % 65535 + 1} -j DNAT --to-destination 10.0.0.2:53",
+            f"-A PREROUTING -s 198.51.{(i >> 8) & 255}.0/24 -d 203.0.{i & 255}.0/24 -j DNAT --to-destination 10.0.0.3:1",
+        ][i % 4])
+    prog = world.rules(ruleset("\n".join(lines) + "\n"))
+    assert prog.max_steps["PREROUTING"] <= 4
+    i = 99_997                                           # shape "-s/24 -d/24", near the end
+    pkt = frame(6, f"198.51.{(i >> 8) & 255}.9", f"203.0.{i & 255}.1", 40000, 22, 0)
+    rv, out = world.uplink(pkt)
+    assert rv == TC_ACT_REDIRECT and seen(out, 6)[0] == ("10.0.0.3", 1)
+    i = 99_993                                           # "-d/32 --dport", from CLIENT
+    pkt = frame(6, CLIENT, f"198.18.{(i >> 8) & 255}.{i & 255}", 40001, 1000 + i % 60000, 0)
+    rv, out = world.uplink(pkt)
+    assert rv == TC_ACT_REDIRECT and seen(out, 6)[0] == ("10.0.0.3", 1000 + i % 60000)
+    pkt = frame(6, CLIENT, f"198.18.{(i >> 8) & 255}.{i & 255}", 40002, 999, 0)      # no rule
+    assert world.uplink(pkt) == (TC_ACT_OK, pkt)
+    assert world.maps.nat_counter_table().get("STEPS_EXCEEDED", 0) == 0

@@ -1,0 +1,164 @@
+"""The NAT-box row (``dockline bench --nat-box``, issue 11 P10): new connections per second
+through a host whose nat table holds 1, 1,000, 10,000 and 100,000 rules of mixed shapes, on
+dockline's eBPF NAT and on iptables (the kernel backend: iptables-nft, as Debian ships it), side
+by side in one run.
+
+Topology, per datapath, on a simulated host of its own (control/sim/simhost.py): a client in the
+outside netns connects to the host's uplink address, port ``DIALED``; the last rule of
+PREROUTING DNATs that to a server endpoint on the host. The rules before it are fillers of six
+shapes (``-s``/32, ``-d``/32 with ``--dport``, ``-i`` with a UDP ``--dport``, ``-s``/24 with
+``-d``/16, ``--sport`` with ``-d``/24, a negated ``! -s``/8 with ``--dport``) that never match the
+client's connections, so every new connection is judged against the whole table: the worst
+case of a linear rule walk, and the case a classifier must keep flat.
+
+Per rule count: the rule set is imported into both hosts (``nat import``; the time is kept),
+then ``rounds`` rounds measure CRR on each, alternating the two hosts within each round.
+Targets (issue 11 P10): dockline flat within 10 % from 1 to 100,000 rules; at least 50x
+iptables at 100,000.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from .metrics import CRR_PORT, connect_rate
+from .targets import Endpoints
+
+RULE_COUNTS = (1, 1000, 10000, 100000)
+DIALED = 18080
+FLAT_TARGET = 0.10
+VS_IPTABLES_TARGET = 50.0
+DATAPATHS = ("ebpf", "kernel")
+
+
+def filler(i: int) -> str:
+    """Rule ``i`` of the fillers: six shapes in turn, none matching the measured connections
+    (client 198.18.0.2 -> 198.18.0.1:DIALED over TCP)."""
+    a = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+    port = 1000 + i % 17000                 # never DIALED
+    return (f"-s {a}/32 -p tcp -j DNAT --to-destination 10.255.0.1:80",
+            f"-d {a}/32 -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.255.0.2",
+            f"-i uplink0 -p udp -m udp --dport {port} -j DNAT --to-destination 10.255.0.3:53",
+            f"-s 172.16.{(i >> 8) & 255}.0/24 -d 10.{i & 255}.0.0/16 -j DNAT --to-destination 10.255.0.4",
+            f"-p tcp -m tcp --sport {port} -d 192.0.{i & 255}.0/24 -j DNAT --to-destination 10.255.0.5",
+            f"! -s 198.18.0.0/16 -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.255.0.6")[i % 6]
+
+
+def ruleset(n: int, server_ip: str) -> str:
+    lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             ":POSTROUTING ACCEPT [0:0]"]
+    lines += [f"-A PREROUTING {filler(i)}" for i in range(n - 1)]
+    lines.append(f"-A PREROUTING -d 198.18.0.1/32 -p tcp -m tcp --dport {DIALED} "
+                 f"-j DNAT --to-destination {server_ip}:{CRR_PORT}")
+    return "\n".join(lines + ["COMMIT"]) + "\n"
+
+
+class _Box:
+    def __init__(self, datapath: str):
+        from ..control.netlink import netns
+        from ..control.sim.simhost import SimHost
+        self.datapath = datapath
+        self.host = SimHost(Path(tempfile.mkdtemp(prefix=f"dl-natbox-{datapath}-")), datapath=datapath)
+        self.host.start_agent()
+        self.host.call("network_create", name="box", subnet="10.77.0.0/24")
+        self.host.call("endpoint_create", name="srv", network="box")
+        self.server_ip = self.host.call("inspect", ref="srv")["networks"]["box"]["ip"]
+        self.ep = Endpoints(netns.netns_path(self.host.out_ns), netns.netns_path(self.host.ep_ns("srv")),
+                            "198.18.0.1", DIALED)
+
+    def load(self, n: int) -> float:
+        text = ruleset(n, self.server_ip)
+        t = time.perf_counter()
+        r = self.host.call("nat_import", text=text)
+        took = time.perf_counter() - t
+        if r.get("rules") != n:
+            raise RuntimeError(f"{self.datapath}: imported {r.get('rules')} rules, not {n}")
+        return took
+
+    def close(self):
+        self.host.cleanup()
+
+
+def measure(rule_counts=RULE_COUNTS, rounds: int = 3, duration: float = 2.0, console=None) -> dict:
+    from rich.progress import Progress
+    boxes = {}
+    out = {"rule_counts": list(rule_counts), "rounds": rounds, "duration_s": duration, "rows": {}}
+    try:
+        for dp in DATAPATHS:
+            boxes[dp] = _Box(dp)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("NAT box", total=len(rule_counts) * (1 + rounds))
+            for n in rule_counts:
+                row = {"import_s": {}, "crr": {dp: [] for dp in boxes}}
+                for dp, box in boxes.items():
+                    progress.update(task, description=f"NAT box: importing {n:,} rules ({dp})")
+                    row["import_s"][dp] = box.load(n)
+                progress.advance(task)
+                for r in range(rounds):
+                    order = list(boxes) if r % 2 == 0 else list(reversed(boxes))
+                    for dp in order:
+                        progress.update(task, description=f"NAT box: {n:,} rules, round {r + 1} ({dp})")
+                        row["crr"][dp].append(connect_rate(boxes[dp].ep, duration)["cps"])
+                    progress.advance(task)
+                row["median"] = {dp: statistics.median(v) for dp, v in row["crr"].items()}
+                out["rows"][str(n)] = row
+    finally:
+        for box in boxes.values():
+            box.close()
+    rows = out["rows"]
+    first, last = str(rule_counts[0]), str(rule_counts[-1])
+    ebpf = [rows[str(n)]["median"]["ebpf"] for n in rule_counts]
+    out["flatness"] = min(ebpf) / max(ebpf) if ebpf else None
+    out["ebpf_last_vs_first"] = rows[last]["median"]["ebpf"] / rows[first]["median"]["ebpf"]
+    out["vs_iptables_at_max"] = rows[last]["median"]["ebpf"] / rows[last]["median"]["kernel"]
+    out["flat_verdict"] = "PASS" if out["flatness"] >= 1 - FLAT_TARGET else "MISS"
+    out["vs_iptables_verdict"] = ("PASS" if out["vs_iptables_at_max"] >= VS_IPTABLES_TARGET else "MISS") \
+        if int(last) >= 100000 else "n/a (the target is at 100,000 rules)"
+    return out
+
+
+def table(results: dict) -> list[str]:
+    r = results.get("nat_box")
+    if not r:
+        return []
+    lines = ["", "## NAT box: new connections/s through the host by rule count (issue 11 P10)", "",
+             "| rules | dockline eBPF conn/s | iptables-nft conn/s | eBPF / iptables | import eBPF | import iptables |",
+             "|---|---|---|---|---|---|"]
+    for n, row in r["rows"].items():
+        e, k = row["median"]["ebpf"], row["median"]["kernel"]
+        lines.append(f"| {int(n):,} | {e:,.0f} | {k:,.0f} | {e / k:.1f}x | {row['import_s']['ebpf']:.1f} s "
+                     f"| {row['import_s']['kernel']:.1f} s |")
+    lines.append(f"\neBPF lowest/highest across rule counts: {r['flatness']:.2f} (target ≥ {1 - FLAT_TARGET:.2f}): "
+                 f"{r['flat_verdict']}. eBPF/iptables at the largest count: {r['vs_iptables_at_max']:.1f}x "
+                 f"(target ≥ {VS_IPTABLES_TARGET:.0f}x): {r['vs_iptables_verdict']}. Medians of {r['rounds']} "
+                 f"rounds of {r['duration_s']:.0f} s, the two hosts alternating within each round. Import "
+                 "times are the whole `nat import` call (parse, compile, write).")
+    return lines
+
+
+def plot(results: dict, outdir: Path) -> Path | None:
+    r = results.get("nat_box")
+    if not r:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    counts = [int(n) for n in r["rows"]]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for dp, label in (("ebpf", "dockline eBPF"), ("kernel", "iptables-nft")):
+        ax.plot(counts, [r["rows"][str(n)]["median"][dp] for n in counts], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("nat rules (mixed shapes, the matching one last)")
+    ax.set_ylabel("new connections/s")
+    ax.set_title("NAT box: CRR through the host")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    path = outdir / "nat_box.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
