@@ -279,11 +279,11 @@ def test_a_hundred_thousand_rules_translate_in_a_few_lookups(world):
             f"-A PREROUTING -d 198.18.{(i >> 8) & 255}.{i & 255}/32 -p tcp -m tcp --dport {1000 + i % 60000} "
             "-j DNAT --to-destination 10.0.0.3",
             f"-A PREROUTING -i up1 -p udp -m udp --dport {i % 65535 + 1} -j DNAT --to-destination 10.0.0.2:53",
-            f"-A PREROUTING -s 198.51.{(i >> 8) & 255}.0/24 -d 203.0.{i & 255}.0/24 -j DNAT --to-destination 10.0.0.3:1",
+            f"-A PREROUTING -s 198.51.{(i >> 8) & 255}.0/24 -d 203.0.{i & 255}.0/24 -p tcp -j DNAT --to-destination 10.0.0.3:1",
         ][i % 4])
     prog = world.rules(ruleset("\n".join(lines) + "\n"))
     assert prog.max_steps["PREROUTING"] <= 4
-    i = 99_997                                           # shape "-s/24 -d/24", near the end
+    i = 99_999              # shape "-s/24 -d/24" (rule 34,463 has the same key and comes first)
     pkt = frame(6, f"198.51.{(i >> 8) & 255}.9", f"203.0.{i & 255}.1", 40000, 22, 0)
     rv, out = world.uplink(pkt)
     assert rv == TC_ACT_REDIRECT and seen(out, 6)[0] == ("10.0.0.3", 1)

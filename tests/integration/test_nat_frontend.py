@@ -134,9 +134,10 @@ def test_bad_rules_are_refused_by_name_and_change_nothing(nat_host, args, needle
 def test_a_rule_set_beyond_the_datapath_limits_is_refused_whole(nat_host):
     h = nat_host
     before = save(h)
+    # jumps end classifiers: 300 jumps to a chain that can fall through put 600 visits on one path
     lines = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
-             ":POSTROUTING ACCEPT [0:0]"]
-    lines += [f"-A PREROUTING -s 10.{i // 200}.{i % 200}.0/24 -p tcp -j ACCEPT" for i in range(300)]
+             ":POSTROUTING ACCEPT [0:0]", ":U - [0:0]", "-A U -p udp -j ACCEPT"]
+    lines += [f"-A PREROUTING -s 10.{i // 200}.{i % 200}.0/24 -p tcp -j U" for i in range(300)]
     lines.append("COMMIT")
     r = nat_import(h, "\n".join(lines) + "\n")
     assert r.returncode == 2 and "rule visits" in r.stderr, r.stderr
