@@ -36,7 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import protocols
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
-from ..nat.managed import exact_entry, exact_key, ip_of, merged_rules, merged_ruleset, published_ports
+from ..nat.managed import exact_entry, exact_key, ip_of, merged_identity, merged_rules, published_ports
 from ..nat.reach import bridged_nat_bridges, loopback_may_translate
 from ..nat.rules import Ruleset
 from ..netlink import links
@@ -49,7 +49,7 @@ from .ct_gc import ConntrackGC
 from .drivers import driver_class
 from .kernel import probe_iptables
 from .nat_interfaces import NatInterfaces
-from .nat_maps import NatMaps
+from .nat_maps import NatMaps, table_shift
 
 log = logging.getLogger("dockline.ebpf")
 
@@ -317,6 +317,7 @@ class EbpfNat(NatEngine):
         self.cookie = 0
         self.last_nat_apply: dict = {}
         self._last_compile: dict | None = None     # what apply_nat compiled last (fast path)
+        self._checked: tuple | None = None          # (key, Program) check_nat compiled, for apply_nat
         self._bridged: set[str] = set()             # bridges with NET_F_BRIDGED_NAT
         self._bridged_key = None
         self._local_prefixes: set[str] = set()     # the host's local routes ("a.b.c.d/len")
@@ -582,8 +583,9 @@ class EbpfNat(NatEngine):
             return None
 
     def _apply_nat(self, state, changes: PortChanges | None) -> dict:
-        rs = merged_rules(state.networks, getattr(state, "nat_rules", ""))
-        text = rs.save()            # the rule set's identity for the three checks below
+        user_text = getattr(state, "nat_rules", "")
+        rs = merged_rules(state.networks, user_text)
+        text = merged_identity(state.networks, user_text)   # the rule set's identity for the checks below
         result = self._apply_nat_rules(rs, text, state, changes)
         if changes is not None and result.get("incremental"):
             # a new endpoint's targets appear, a removed endpoint's go (no other port has them)
@@ -654,24 +656,38 @@ class EbpfNat(NatEngine):
                 entries = [exact_entry(k, v) for k, v in published_ports(state).items()]
                 self.last_nat_apply = self.nat.replace_managed(last["tables"], [(e[:3], e[3]) for e in entries])
             return self.last_nat_apply
-        entries = [exact_entry(k, v) for k, v in published_ports(state).items()]
-        progs = []
-
-        def compile_and_keep(base):
-            progs.append(nat_compiler.compile_ruleset(rs, self._ifindex, base, managed={"DOCKLINE": entries}))
-            return progs[-1]
-
-        self.last_nat_apply = self.nat.apply(compile_and_keep, self.cookie, *NAT_PORT_RANGE)
+        prog = self._compile(rs, text, state)
+        self.last_nat_apply = self.nat.apply(prog, self.cookie, *NAT_PORT_RANGE)
+        generation = self.nat.live_config().generation
         self._last_compile = {"fingerprint": fingerprint,
-                              "tables": progs[-1].managed_tables.get("DOCKLINE", []),
-                              "generation": self.nat.live_config().generation}
+                              "tables": [t + table_shift(generation) for t in prog.managed_tables.get("DOCKLINE", [])],
+                              "generation": generation}
         return self.last_nat_apply
 
+    def _compile_key(self, text: str, rs: Ruleset, published: dict) -> tuple:
+        return (text, tuple(sorted((n, self._ifindex(n)) for n in _iface_names(rs))), tuple(published.items()))
+
+    def _compile(self, rs: Ruleset, text: str, state) -> nat_compiler.Program:
+        """``rs`` with the published ports as DOCKLINE's exact entries, compiled once: the
+        Program check_nat made for the same rules, ports and interfaces is taken, not made again
+        (an import of 100,000 rules compiles once)."""
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == self._compile_key(text, rs, published_ports(state)):
+            return checked[1]
+        return self._compile_fresh(rs, state)
+
+    def _compile_fresh(self, rs: Ruleset, state) -> nat_compiler.Program:
+        return nat_compiler.compile_ruleset(
+            rs, self._ifindex, managed={"DOCKLINE": [exact_entry(k, v) for k, v in published_ports(state).items()]})
+
     def check_nat(self, state) -> None:
-        """Raise InvalidArgument if the rules in ``state`` do not compile (nothing is written)."""
-        rs, published = merged_ruleset(state, getattr(state, "nat_rules", ""))
-        nat_compiler.compile_ruleset(rs, self._ifindex, 1,
-                                     managed={"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]})
+        """Raise InvalidArgument if the rules in ``state`` do not compile (nothing is written);
+        the Program is kept for the apply_nat that follows."""
+        user_text = getattr(state, "nat_rules", "")
+        rs = merged_rules(state.networks, user_text)
+        self._checked = None
+        key = self._compile_key(merged_identity(state.networks, user_text), rs, published_ports(state))
+        self._checked = (key, self._compile_fresh(rs, state))
 
     def _sync_host_addresses(self):
         """nat_ifaddr: every interface's first IPv4 address (MASQUERADE leaving by it, REDIRECT

@@ -34,6 +34,12 @@ log = logging.getLogger("dockline.nat")
 TABLE_BASE = {0: 1, 1: 1 << 20}     # exact-table ids of each generation never overlap
 
 
+def table_shift(generation: int) -> int:
+    """What a Program compiled with table_base=TABLE_BASE[0] (the compiler's default) adds to its
+    exact-table ids to become ``generation``'s: one compile serves both halves."""
+    return TABLE_BASE[generation] - TABLE_BASE[0]
+
+
 def _addr(a) -> int:
     return S.be32(str(a)) if a is not None else 0
 
@@ -44,17 +50,20 @@ def _mask(net) -> tuple[int, int]:
     return S.be32(str(net.network_address)), S.be32(str(net.netmask))
 
 
-def _table(i: C.Instruction, base: int, shape_base: int) -> int:
+def _table(i: C.Instruction, base: int, shape_base: int, shift: int) -> int:
     """The ``table`` operand, absolute: a classifier's first shape slot, an exact table id
-    (already absolute: TABLE_BASE), or a classified rule's next candidate pc (0: none)."""
+    (compiled from TABLE_BASE[0], plus ``shift``: table_shift), or a classified rule's next
+    candidate pc (0: none)."""
     if i.op == C.OP_CLASSIFY:
         return shape_base + i.table
-    if i.op == C.OP_LOOKUP or not i.table:
-        return i.table
+    if i.op == C.OP_LOOKUP:
+        return i.table + shift
+    if not i.table:
+        return 0
     return base + i.table
 
 
-def to_ctypes(i: C.Instruction, base: int, shape_base: int = 0) -> S.NatRule:
+def to_ctypes(i: C.Instruction, base: int, shape_base: int = 0, shift: int = 0) -> S.NatRule:
     src, src_mask = _mask(i.src)
     dst, dst_mask = _mask(i.dst)
     return S.NatRule(src=src, src_mask=src_mask, dst=dst, dst_mask=dst_mask,
@@ -63,7 +72,7 @@ def to_ctypes(i: C.Instruction, base: int, shape_base: int = 0) -> S.NatRule:
                      iif=i.iif, oif=i.oif, proto=i.proto, op=i.op, neg=i.neg,
                      on_match=base + i.on_match, on_miss=base + i.on_miss, to_addr=_addr(i.to_addr),
                      to_port_min=i.to_ports.lo if i.to_ports else 0,
-                     to_port_max=i.to_ports.hi if i.to_ports else 0, table=_table(i, base, shape_base),
+                     to_port_max=i.to_ports.hi if i.to_ports else 0, table=_table(i, base, shape_base, shift),
                      shapes=i.shapes)
 
 
@@ -78,15 +87,15 @@ def _net_raw(net) -> tuple[bytes, bytes]:
     return net.network_address.packed, net.netmask.packed
 
 
-def rule_raw(i: C.Instruction, base: int, shape_base: int) -> bytes:
-    """``bytes(to_ctypes(i, base, shape_base))``, several times faster (100,000 rules)."""
+def rule_raw(i: C.Instruction, base: int, shape_base: int, shift: int = 0) -> bytes:
+    """``bytes(to_ctypes(i, base, shape_base, shift))``, several times faster (100,000 rules)."""
     src, src_mask = _net_raw(i.src)
     dst, dst_mask = _net_raw(i.dst)
     sp, dp, tp = i.sport, i.dport, i.to_ports
     return _RULE.pack(src, src_mask, dst, dst_mask, sp.lo if sp else 0, sp.hi if sp else 65535,
                       dp.lo if dp else 0, dp.hi if dp else 65535, i.iif, i.oif, i.proto, i.op, i.neg,
                       base + i.on_match, base + i.on_miss, i.to_addr.packed if i.to_addr is not None else _ZERO4,
-                      tp.lo if tp else 0, tp.hi if tp else 0, _table(i, base, shape_base), i.shapes)
+                      tp.lo if tp else 0, tp.hi if tp else 0, _table(i, base, shape_base, shift), i.shapes)
 
 
 _SHAPE = S.byte_packing(S.NatShape, network_order=("src_mask", "dst_mask"))
@@ -114,8 +123,8 @@ _VAL = S.NAT_EXACT_VAL_BYTES           # struct nat_exact_val
 _TABLE = struct.Struct(f"={S.NatExactKey.table.offset}xI")
 
 
-def exact_key_raw(k: C.ExactKey) -> bytes:
-    return _KEY.pack(k.table, k.daddr.packed, k.dport.to_bytes(2, "big"), k.proto)
+def exact_key_raw(k: C.ExactKey, shift: int = 0) -> bytes:
+    return _KEY.pack(k.table + shift, k.daddr.packed, k.dport.to_bytes(2, "big"), k.proto)
 
 
 def exact_value_raw(v: C.ExactValue) -> bytes:
@@ -181,17 +190,15 @@ class NatMaps:
         lo = generation * C.MAX_NAT_SHAPES
         return [k for k, _ in self.cls.raw_items() if lo <= _CLS_SLOT.unpack_from(k)[0] < lo + C.MAX_NAT_SHAPES]
 
-    def apply(self, compile_with_base, netns_cookie: int, port_min: int, port_max: int) -> dict:
-        """Make the maps hold ``compile_with_base(table_base)``; returns what was written.
-
-        ``compile_with_base`` compiles the current rule set with the given first table id
-        (called once or twice: it must be deterministic)."""
+    def apply(self, prog: C.Program, netns_cookie: int, port_min: int, port_max: int) -> dict:
+        """Make the maps hold ``prog`` (compiled with the default table_base, TABLE_BASE[0]: its
+        table ids are shifted to the generation written); returns what was written."""
         cfg = self.live_config()
         self._read_live(cfg)
         live = cfg.generation
-        prog = compile_with_base(TABLE_BASE[live])
         base, shape_base = live * C.MAX_NAT_RULES, live * C.MAX_NAT_SHAPES
-        rules = [rule_raw(i, base, shape_base) for i in prog.instructions]
+        shift = table_shift(live)
+        rules = [rule_raw(i, base, shape_base, shift) for i in prog.instructions]
         entries = [base + prog.entries[h] for h in C.HOOKS]
         settings_same = (cfg.netns_cookie, cfg.port_min, cfg.port_max, list(cfg.entry)) == \
             (netns_cookie, port_min, port_max, entries)
@@ -200,22 +207,19 @@ class NatMaps:
             if not settings_same:
                 cfg.netns_cookie, cfg.port_min, cfg.port_max = netns_cookie, port_min, port_max
                 self.config.update(0, cfg)
-            exact = {exact_key_raw(k): exact_value_raw(v) for k, v in prog.exact.items()}
-            del prog
+            exact = {exact_key_raw(k, shift): exact_value_raw(v) for k, v in prog.exact.items()}
             return self._apply_exact_in_place(exact, self.live_exact(live))
         # a new instruction sequence: the other generation, then one flip
         new = 1 - live if self._live_rules else live
-        if new != live:
-            prog = compile_with_base(TABLE_BASE[new])
-        nbase, nshape_base = new * C.MAX_NAT_RULES, new * C.MAX_NAT_SHAPES
-        new_rules = rules if new == live else [rule_raw(i, nbase, nshape_base) for i in prog.instructions]
-        new_exact = {exact_key_raw(k): exact_value_raw(v) for k, v in prog.exact.items()}
+        nbase, nshape_base, nshift = new * C.MAX_NAT_RULES, new * C.MAX_NAT_SHAPES, table_shift(new)
+        new_rules = rules if new == live else [rule_raw(i, nbase, nshape_base, nshift) for i in prog.instructions]
+        del rules
+        new_exact = {exact_key_raw(k, nshift): exact_value_raw(v) for k, v in prog.exact.items()}
         new_shapes = b"".join(shape_raw(sh, nbase + first, slot in prog.shape_last)
                               for slot, (sh, first) in enumerate(zip(prog.shapes, prog.shape_first)))
         new_cls = {cls_key_raw(k, nshape_base): _U32.pack(nbase + pc) for k, pc in prog.cls.items()}
         entry = [nbase + prog.entries[h] for h in C.HOOKS]
         nshapes = len(prog.shapes)
-        del prog
         old = self.live_exact(live)     # before any write: a first apply may write into ``live``
         old_cls = self.live_cls(live)
         written = list(new_rules)

@@ -108,6 +108,25 @@ def merged_rules(networks, user_text: str) -> Ruleset:
     return rs
 
 
+def user_rules(text: str) -> Ruleset:
+    """The user's nat table parsed from its stored text (memoised, as for ``merged_rules``):
+    never mutate the result; ``Ruleset.copy`` it."""
+    return _user_rules(text) or Ruleset()
+
+
+def remember_user_rules(text: str, ruleset: Ruleset) -> None:
+    """``ruleset`` is what ``text`` parses to (a caller that parsed it already: an import of
+    100,000 rules then parses once). ``ruleset`` must not be mutated afterwards."""
+    _user_cache["rules"], _user_cache["text"] = ruleset, text
+
+
+def merged_identity(networks, user_text: str) -> str:
+    """A string that is equal for two calls exactly when ``merged_rules`` would give equal rule
+    sets: the control plane's chains as text, then the user's text (cheap: 100,000 user rules
+    are not rendered again)."""
+    return control_plane_chains(networks).save() + "\0" + (user_text or "")
+
+
 def merged_ruleset(state, user_text: str) -> tuple[Ruleset, dict]:
     """``merged_rules`` and the published ports of ``state``."""
     return merged_rules(state.networks, user_text), published_ports(state)

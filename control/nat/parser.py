@@ -229,14 +229,8 @@ class _Spec:
 def parse_rule_args(args: list[str]) -> Rule:
     """Parse a rule spec (argv after the chain name) into a ``Rule``; see the module docstring."""
     sp, neg, i = _Spec(), False, 0
-    args = list(args)
-
-    def value(opt: str, n: int = 1) -> list[str]:
-        if i + n >= len(args):
-            raise InvalidArgument(f'option "{opt}" needs a value')
-        return args[i + 1:i + 1 + n]
-
-    while i < len(args):
+    count = len(args)
+    while i < count:
         tok = args[i]
         if tok == "!":
             if neg:
@@ -245,7 +239,12 @@ def parse_rule_args(args: list[str]) -> Rule:
             continue
         opt = ALIASES.get(tok, tok)
         n = RULE_OPTION_ARITY.get(opt, 0)
-        vals = value(tok, n) if n else []
+        if n:
+            if i + n >= count:
+                raise InvalidArgument(f'option "{tok}" needs a value')
+            vals = args[i + 1:i + 1 + n]
+        else:
+            vals = ()
         _apply_option(sp, opt, tok, vals, neg)      # refuses unsupported options first, by name
         if neg and opt not in _INVERTIBLE:
             raise InvalidArgument(f'option "{tok}" cannot be inverted with "!"')

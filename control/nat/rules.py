@@ -21,6 +21,7 @@ traffic only (PREROUTING, OUTPUT, POSTROUTING).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -116,6 +117,7 @@ def check_chain_name(name: str) -> None:
         raise InvalidArgument(f'chain name "{name}" clashes with a target name')
 
 
+@functools.lru_cache(maxsize=4096)
 def check_iface(name: str, opt: str) -> None:
     """Raise InvalidArgument unless ``name`` is an exact interface name usable with ``-i``/``-o``."""
     if not name:
@@ -179,33 +181,37 @@ class Rule:
     # -- normalisation and rule-local validation -------------------------------------------
 
     def __post_init__(self):
+        # straight-line on purpose: a 100,000-rule import builds 100,000 of these
         s = self._set
-        s("proto", _norm_proto(self.proto))
-        if self.proto is None and self.proto_neg:
+        if self.proto is not None:
+            s("proto", _norm_proto(self.proto))
+            if self.proto is None and self.proto_neg:
+                raise InvalidArgument('"! -p all" would never match')
+        elif self.proto_neg:
             raise InvalidArgument('"! -p all" would never match')
-        for name, opt in (("src", "-s"), ("dst", "-d")):
-            net = _net(getattr(self, name), opt)
-            if net is not None and net.prefixlen == 0:
-                if getattr(self, name + "_neg"):
-                    raise InvalidArgument(f'"! {opt} {net}" would never match')
+        if self.src is not None:
+            net = _net(self.src, "-s")
+            if net.prefixlen == 0:
+                if self.src_neg:
+                    raise InvalidArgument(f'"! -s {net}" would never match')
                 net = None
-            s(name, net)
-        for name, opt in (("in_iface", "-i"), ("out_iface", "-o")):
-            if getattr(self, name) is not None:
-                check_iface(getattr(self, name), opt)
+            s("src", net)
+        if self.dst is not None:
+            net = _net(self.dst, "-d")
+            if net.prefixlen == 0:
+                if self.dst_neg:
+                    raise InvalidArgument(f'"! -d {net}" would never match')
+                net = None
+            s("dst", net)
+        if self.in_iface is not None:
+            check_iface(self.in_iface, "-i")
+        if self.out_iface is not None:
+            check_iface(self.out_iface, "-o")
         self._check_negations()
-        self._norm_ports()
-        for name, opt in (("msports", "--sports"), ("mdports", "--dports")):
-            ranges = tuple(getattr(self, name))
-            if any(not isinstance(r, PortRange) for r in ranges):
-                raise InvalidArgument(f"{opt} takes PortRange values")
-            slots = sum(1 if r.lo == r.hi else 2 for r in ranges)
-            if slots > MULTIPORT_MAX:
-                raise InvalidArgument(f"too many ports in -m multiport {opt} (at most {MULTIPORT_MAX}; "
-                                      "a range counts as two)")
-            if ranges:
-                self._need_port_proto(f"-m multiport {opt}")
-            s(name, ranges)
+        if self.sport is not None or self.dport is not None:
+            self._norm_ports()
+        if self.msports or self.mdports or type(self.msports) is not tuple or type(self.mdports) is not tuple:
+            self._norm_multiport()
         for name, opt in (("src_type", "--src-type"), ("dst_type", "--dst-type")):
             value = getattr(self, name)
             if value is not None:
@@ -219,12 +225,34 @@ class Rule:
             if any(c in "\n\r\0" for c in self.comment):
                 raise InvalidArgument("comment contains a newline or NUL character")
         self._check_target()
-        s("match_order", self._norm_order())
+        order = self.match_order
+        if (not self.msports and not self.mdports and self.src_type is None and self.dst_type is None
+                and self.comment is None and len(order) <= 1 and all(k in MATCH_KEYS for k in order)):
+            if order != ():         # at most the port match is present: its order is the only one
+                s("match_order", ())
+        else:
+            s("match_order", self._norm_order())
+
+    def _norm_multiport(self):
+        for name, opt in (("msports", "--sports"), ("mdports", "--dports")):
+            ranges = tuple(getattr(self, name))
+            if any(not isinstance(r, PortRange) for r in ranges):
+                raise InvalidArgument(f"{opt} takes PortRange values")
+            slots = sum(1 if r.lo == r.hi else 2 for r in ranges)
+            if slots > MULTIPORT_MAX:
+                raise InvalidArgument(f"too many ports in -m multiport {opt} (at most {MULTIPORT_MAX}; "
+                                      "a range counts as two)")
+            if ranges:
+                self._need_port_proto(f"-m multiport {opt}")
+            self._set(name, ranges)
 
     def _set(self, name: str, value) -> None:
         object.__setattr__(self, name, value)        # normalising a frozen instance
 
     def _check_negations(self):
+        if not (self.src_neg or self.dst_neg or self.in_neg or self.out_neg or self.sport_neg or self.dport_neg
+                or self.src_type_neg or self.dst_type_neg or self.msports_neg or self.mdports_neg):
+            return
         pairs = (("src", "src_neg", "-s"), ("dst", "dst_neg", "-d"), ("in_iface", "in_neg", "-i"),
                  ("out_iface", "out_neg", "-o"), ("sport", "sport_neg", "--sport"),
                  ("dport", "dport_neg", "--dport"), ("src_type", "src_type_neg", "--src-type"),
@@ -285,27 +313,36 @@ class Rule:
         if t in ("DNAT", "SNAT") and self.to_addr is None:
             raise InvalidArgument(f"{t} needs {_to_opt(t)} with an address")
 
-    def _present(self, key: str) -> bool:
-        return {"ports": self.sport is not None or self.dport is not None,
-                "msports": bool(self.msports), "mdports": bool(self.mdports),
-                "addrtype": self.src_type is not None or self.dst_type is not None,
-                "comment": self.comment is not None}[key]
+    def _present_keys(self) -> tuple[str, ...]:
+        """The optional matches present, in MATCH_KEYS order."""
+        out = []
+        if self.sport is not None or self.dport is not None:
+            out.append("ports")
+        if self.msports:
+            out.append("msports")
+        if self.mdports:
+            out.append("mdports")
+        if self.src_type is not None or self.dst_type is not None:
+            out.append("addrtype")
+        if self.comment is not None:
+            out.append("comment")
+        return tuple(out)
 
     def _norm_order(self) -> tuple[str, ...]:
         order = tuple(self.match_order)
         unknown = [k for k in order if k not in MATCH_KEYS]
         if unknown or len(set(order)) != len(order):
             raise InvalidArgument(f"bad match_order {order!r} (keys: {', '.join(MATCH_KEYS)})")
-        eff = tuple(k for k in order if self._present(k))
-        eff += tuple(k for k in MATCH_KEYS if self._present(k) and k not in eff)
-        canonical = tuple(k for k in MATCH_KEYS if self._present(k))
+        canonical = self._present_keys()
+        eff = tuple(k for k in order if k in canonical)
+        eff += tuple(k for k in canonical if k not in eff)
         return () if eff == canonical else eff
 
     # -- rendering -----------------------------------------------------------------------------
 
     def matches(self) -> tuple[str, ...]:
         """The optional matches present, in the order they are written."""
-        return self.match_order or tuple(k for k in MATCH_KEYS if self._present(k))
+        return self.match_order or self._present_keys()
 
     def to_args(self) -> list[str]:
         """The rule spec as argv, in iptables-save's order and spelling (comment unquoted)."""

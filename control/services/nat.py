@@ -12,16 +12,12 @@ import logging
 
 from ..errors import InvalidArgument
 from ..nat.commands import apply as apply_command, is_listing
-from ..nat.managed import MANAGED_CHAINS, merged_ruleset, published_as_rules
+from ..nat.managed import MANAGED_CHAINS, merged_ruleset, published_as_rules, remember_user_rules, user_rules
 from ..nat.parser import parse_save
 from ..nat.rules import Ruleset
 from .context import NAT_RULES_KEY
 
 log = logging.getLogger("dockline.nat")
-
-
-def _user_ruleset(text: str) -> Ruleset:
-    return parse_save(text)[0] if text else Ruleset()
 
 
 class NatService:
@@ -40,6 +36,7 @@ class NatService:
             if c in ruleset.chains:
                 raise InvalidArgument(f"chain {c} is managed by dockline (published ports, masquerade)")
         text = ruleset.save()
+        remember_user_rules(text, ruleset)           # the datapath's merge does not parse it again
         state = self.ctx.snapshot()
         old = state.nat_rules
         state.nat_rules = text
@@ -70,9 +67,9 @@ class NatService:
                 if a in MANAGED_CHAINS:
                     raise InvalidArgument(f"chain {a} is managed by dockline (published ports, masquerade): "
                                           "use your own chains")
-            user = _user_ruleset(state.nat_rules)
-            new, out = apply_command(user, argv)
-            if new.save() != user.save():
+            user = user_rules(state.nat_rules)
+            new, out = apply_command(user, argv)        # on a copy
+            if list(new.chains.items()) != list(user.chains.items()):
                 self._set(new)
             return {"output": out}
 
@@ -90,7 +87,7 @@ class NatService:
         ``iptables-restore``)."""
         with self.ctx.lock:
             with self.ctx.store.transaction() as tx:
-                return {"text": _user_ruleset(tx.get_meta(NAT_RULES_KEY, "") or "").save()}
+                return {"text": user_rules(tx.get_meta(NAT_RULES_KEY, "") or "").save()}
 
     def conntrack(self, limit: int = 1000) -> dict:
         dp = self.ctx.datapath

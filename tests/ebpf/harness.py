@@ -188,9 +188,10 @@ class Maps:
         managed = {"DOCKLINE": [exact_entry(k, v) for k, v in published.items()]} if published else None
         self._rules_written = True
         nat = NatMaps(self.nat_config, self.nat_rules, self.nat_exact, self.nat_shapes, self.nat_cls)
-        nat.apply(lambda base: compile_ruleset(rs, ifindex, base, managed=managed), netns_cookie, port_min, port_max)
+        prog = compile_ruleset(rs, ifindex, managed=managed)
+        nat.apply(prog, netns_cookie, port_min, port_max)
         nat.sync_hairpin_targets({(ip, cport, proto) for (_, _, proto), (ip, cport) in (published or {}).items()})
-        return compile_ruleset(rs, ifindex, 1, managed=managed)
+        return prog
 
     # -- reads (per-CPU values summed)
     def verdict(self, code: int) -> tuple[int, int]:

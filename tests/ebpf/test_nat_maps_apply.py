@@ -51,7 +51,7 @@ def test_deltas_in_place_applies_and_flips_leave_exactly_the_live_entries(maps):
     nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     published = {8080: (A, 80), 8081: (A, 81)}
     rs = ruleset()
-    r = nat.apply(compiler_for(rs, published), 0, 61000, 65535)
+    r = nat.apply(compiler_for(rs, published)(TABLE_BASE[0]), 0, 61000, 65535)
     gen = nat.live_config().generation
     assert map_entries(maps) == expected(compiler_for(rs, published), gen)
     table = C.compile_ruleset(rs, lambda n: None, TABLE_BASE[gen],
@@ -66,7 +66,7 @@ def test_deltas_in_place_applies_and_flips_leave_exactly_the_live_entries(maps):
 
     # the same rules again with one port changed and one gone: compared with the map, in place
     published = {8080: (A, 8080), 9000: (B, 90)}
-    r = nat.apply(compiler_for(rs, published), 0, 61000, 65535)
+    r = nat.apply(compiler_for(rs, published)(TABLE_BASE[0]), 0, 61000, 65535)
     assert (r["exact_written"], r["exact_removed"], r["flipped"]) == (1, 1, False)
     assert map_entries(maps) == expected(compiler_for(rs, published), gen)
 
@@ -79,13 +79,13 @@ def test_deltas_in_place_applies_and_flips_leave_exactly_the_live_entries(maps):
     # a user rule with its own simple DNAT run: a new instruction sequence, flipped; the old
     # generation's entries are read back from the map and removed
     rs2 = ruleset("-A PREROUTING -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.3:5353\n")
-    r = nat.apply(compiler_for(rs2, published), 0, 61000, 65535)
+    r = nat.apply(compiler_for(rs2, published)(TABLE_BASE[0]), 0, 61000, 65535)
     assert r["flipped"] and r["exact_removed"] == 2 and nat.live_config().generation == 1 - gen
     assert map_entries(maps) == expected(compiler_for(rs2, published), 1 - gen)
 
     # a fresh NatMaps (an agent restart) goes on from what the maps say
     again = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
-    r = again.apply(compiler_for(rs2, published), 0, 61000, 65535)
+    r = again.apply(compiler_for(rs2, published)(TABLE_BASE[0]), 0, 61000, 65535)
     assert (r["exact_written"], r["exact_removed"], r["flipped"]) == (0, 0, False)
     assert map_entries(maps) == expected(compiler_for(rs2, published), 1 - gen)
 
@@ -129,7 +129,7 @@ def test_classifier_keys_follow_the_live_generation(maps):
     nat = NatMaps(maps.nat_config, maps.nat_rules, maps.nat_exact, maps.nat_shapes, maps.nat_cls)
     sets = [ruleset(classified(300, 2000)), ruleset(classified(500, 3000)), ruleset()]
     for rs in sets:
-        nat.apply(compiler_for(rs, {}), 0, 61000, 65535)
+        nat.apply(compiler_for(rs, {})(TABLE_BASE[0]), 0, 61000, 65535)
         gen = nat.live_config().generation
         assert cls_keys(maps) == expected_cls(rs, gen)
         prog = C.compile_ruleset(rs, lambda n: None, TABLE_BASE[gen], managed={"DOCKLINE": []})
