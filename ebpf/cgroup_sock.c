@@ -83,7 +83,10 @@ static __always_inline void translate(struct bpf_sock_addr *ctx, const int conne
 	if (!sock_evaluate(&m, &d))
 		return;
 	if (d.op == NAT_OP_DNAT) {
-		x.nat_addr = d.to_addr;
+		/* the source is m.saddr's guess: exact for local destinations, 0 elsewhere (then an
+		 * address range may pick another address than iptables, which hashes the source) */
+		x.nat_addr = d.to_flags & NAT_TO_ADDR ?
+			     nat_pick_addr(m.saddr, m.daddr, d.to_addr, d.to_addr_max) : m.daddr;
 	} else if (d.op == NAT_OP_REDIRECT) {
 		/* iptables sends locally generated packets to 127.0.0.1 and keeps their source: the
 		 * local address they were addressed to (unless that was loopback already) */
@@ -107,7 +110,8 @@ static __always_inline void translate(struct bpf_sock_addr *ctx, const int conne
 	}
 	x.orig_addr = m.daddr;
 	x.orig_port = bpf_htons(m.dport);
-	x.nat_port = d.to_port_min ? bpf_htons(d.to_port_min) : x.orig_port;
+	x.nat_port = d.to_port_min ? bpf_htons(nat_pick_dport(m.dport, d.to_port_min, d.to_port_max,
+							      d.to_port_base, d.to_flags)) : x.orig_port;
 	ctx->user_ip4 = x.nat_addr;
 	ctx->user_port = x.nat_port;
 	cookie = bpf_get_socket_cookie(ctx);

@@ -17,7 +17,7 @@ import struct
 
 #: Bumped whenever a struct below changes: part of the pin path (bcc reuses a pinned map without
 #: checking key/value sizes, so a new layout must never meet an old map).
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 
 
 class Verdict(enum.IntEnum):
@@ -162,7 +162,13 @@ class NatRule(ctypes.Structure):
                 ("oif", ctypes.c_uint32), ("proto", ctypes.c_uint8), ("op", ctypes.c_uint8),
                 ("neg", ctypes.c_uint16), ("on_match", ctypes.c_uint32), ("on_miss", ctypes.c_uint32),
                 ("to_addr", ctypes.c_uint32), ("to_port_min", ctypes.c_uint16), ("to_port_max", ctypes.c_uint16),
-                ("table", ctypes.c_uint32), ("shapes", ctypes.c_uint32)]
+                ("table", ctypes.c_uint32), ("shapes", ctypes.c_uint32), ("to_addr_max", ctypes.c_uint32),
+                ("to_port_base", ctypes.c_uint16), ("to_flags", ctypes.c_uint16)]
+
+
+#: struct nat_rule's to_flags
+NAT_TO_ADDR = 1
+NAT_TO_SHIFT = 2
 
 
 class NatShape(ctypes.Structure):

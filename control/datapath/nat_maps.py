@@ -73,11 +73,16 @@ def to_ctypes(i: C.Instruction, base: int, shape_base: int = 0, shift: int = 0) 
                      on_match=base + i.on_match, on_miss=base + i.on_miss, to_addr=_addr(i.to_addr),
                      to_port_min=i.to_ports.lo if i.to_ports else 0,
                      to_port_max=i.to_ports.hi if i.to_ports else 0, table=_table(i, base, shape_base, shift),
-                     shapes=i.shapes)
+                     shapes=i.shapes, to_addr_max=_addr(i.to_addr_hi or i.to_addr),
+                     to_port_base=i.to_port_base or 0, to_flags=_to_flags(i))
+
+
+def _to_flags(i: C.Instruction) -> int:
+    return (S.NAT_TO_ADDR if i.to_addr is not None else 0) | (S.NAT_TO_SHIFT if i.to_port_base is not None else 0)
 
 
 #: struct nat_rule as bytes (addresses and masks raw network order, the rest host order)
-_RULE = S.byte_packing(S.NatRule, network_order=("src", "src_mask", "dst", "dst_mask", "to_addr"))
+_RULE = S.byte_packing(S.NatRule, network_order=("src", "src_mask", "dst", "dst_mask", "to_addr", "to_addr_max"))
 _ZERO4 = bytes(4)
 
 
@@ -95,7 +100,9 @@ def rule_raw(i: C.Instruction, base: int, shape_base: int, shift: int = 0) -> by
     return _RULE.pack(src, src_mask, dst, dst_mask, sp.lo if sp else 0, sp.hi if sp else 65535,
                       dp.lo if dp else 0, dp.hi if dp else 65535, i.iif, i.oif, i.proto, i.op, i.neg,
                       base + i.on_match, base + i.on_miss, i.to_addr.packed if i.to_addr is not None else _ZERO4,
-                      tp.lo if tp else 0, tp.hi if tp else 0, _table(i, base, shape_base, shift), i.shapes)
+                      tp.lo if tp else 0, tp.hi if tp else 0, _table(i, base, shape_base, shift), i.shapes,
+                      (i.to_addr_hi or i.to_addr).packed if i.to_addr is not None else _ZERO4,
+                      i.to_port_base or 0, _to_flags(i))
 
 
 _SHAPE = S.byte_packing(S.NatShape, network_order=("src_mask", "dst_mask"))

@@ -89,7 +89,9 @@ class Instruction:
     on_match: int = 0
     on_miss: int = 0
     to_addr: ipaddress.IPv4Address | None = None
+    to_addr_hi: ipaddress.IPv4Address | None = None   # A-B: the last address
     to_ports: PortRange | None = None
+    to_port_base: int | None = None                   # P-Q/BASE
     table: int = 0            # LOOKUP: exact table id; CLASSIFY: first shape slot; a classified
                               # rule: the next candidate with its key (0: none)
     shapes: int = 0           # CLASSIFY: number of shape slots
@@ -282,7 +284,9 @@ class Compiler:
     def _action(ins: Instruction, r: Rule) -> Instruction:
         ins.op = OPS[r.target]
         ins.to_addr = r.to_addr
+        ins.to_addr_hi = r.to_addr_hi
         ins.to_ports = r.to_ports
+        ins.to_port_base = r.to_port_base
         return ins
 
     # -- simple DNAT rules (exact-match runs)
@@ -290,7 +294,7 @@ class Compiler:
     def _simple(r: Rule) -> bool:
         return (r.target == "DNAT" and r.to_addr is not None and r.proto in ("tcp", "udp") and not r.proto_neg
                 and r.dport is not None and not r.dport_neg and r.dport.hi - r.dport.lo < MAX_PORTS_PER_SIMPLE_RULE
-                and (r.to_ports is None or r.to_ports.lo == r.to_ports.hi)
+                and (r.to_ports is None or r.to_ports.lo == r.to_ports.hi) and r.to_addr_hi is None
                 and (r.dst is None or (r.dst.prefixlen == 32 and not r.dst_neg))
                 and r.src is None and r.out_iface is None and r.sport is None
                 and not r.msports and not r.mdports and r.src_type is None and r.dst_type is None)

@@ -51,13 +51,21 @@ def matches(i: C.Instruction, saddr: str, daddr: str, proto: int, sport: int, dp
 def run(prog: C.Program, hook: str, saddr: str, daddr: str, proto: int, sport: int = 0, dport: int = 0,
         iif: int = 0, oif: int = 0, is_local: Callable[[str], bool] = lambda a: False):
     """(op, to_addr, to_ports): OP_ACCEPT when nothing translates."""
+    op, to_addr, _hi, to_ports, _base = decide(prog, hook, saddr, daddr, proto, sport, dport, iif, oif, is_local)
+    return op, to_addr, to_ports
+
+
+def decide(prog: C.Program, hook: str, saddr: str, daddr: str, proto: int, sport: int = 0, dport: int = 0,
+           iif: int = 0, oif: int = 0, is_local: Callable[[str], bool] = lambda a: False):
+    """(op, to_addr, to_addr_hi, to_ports, to_port_base): the whole target, ranges included
+    (control/nat/select.py says what a range picks)."""
     if proto not in (6, 17):
         sport = dport = 0
     pc = prog.entries[hook]
     src_local, dst_local = is_local(saddr), is_local(daddr)
     for _ in range(C.MAX_NAT_STEPS):
         if pc >= len(prog.instructions):
-            return C.OP_ACCEPT, None, None
+            return C.OP_ACCEPT, None, None, None, None
         i = prog.instructions[pc]
         if not matches(i, saddr, daddr, proto, sport, dport, iif, oif, src_local, dst_local):
             pc = i.on_miss
@@ -72,10 +80,10 @@ def run(prog: C.Program, hook: str, saddr: str, daddr: str, proto: int, sport: i
         if i.op == C.OP_LOOKUP:
             hit = _exact(prog, i.table, daddr, proto, dport, iif)
             if hit is not None:
-                return C.OP_DNAT, hit.to_addr, PortRange(hit.to_port, hit.to_port) if hit.to_port else None
+                return C.OP_DNAT, hit.to_addr, None, PortRange(hit.to_port, hit.to_port) if hit.to_port else None, None
             pc = i.on_miss
             continue
-        return i.op, i.to_addr, i.to_ports
+        return i.op, i.to_addr, i.to_addr_hi, i.to_ports, i.to_port_base
     raise AssertionError("evaluation exceeded MAX_NAT_STEPS")
 
 

@@ -121,9 +121,9 @@ def _match_text(r: Rule) -> str:
 
 
 def _target_text(r: Rule) -> str:
-    ports = r.to_ports.target_text() if r.to_ports is not None else None
+    ports = r.to_spec() if r.to_ports is not None else None
     if r.target in ("DNAT", "SNAT"):
-        return f" to:{r.to_addr}" + (f":{ports}" if ports else "")
+        return f" to:{r.to_spec()}"
     if r.target == "MASQUERADE" and ports:
         return f" masq ports: {ports}"
     if r.target == "REDIRECT" and ports:

@@ -163,20 +163,38 @@ def _ipv4(text: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address((a << 24) | (b << 16) | (c << 8) | d)
 
 
-def parse_to(text: str, opt: str) -> tuple[ipaddress.IPv4Address, PortRange | None]:
-    """DNAT/SNAT value ``ADDR[:P[-Q]]``: one address; ranges and port-only forms are refused."""
+def parse_to(text: str, opt: str) -> tuple[ipaddress.IPv4Address | None, ipaddress.IPv4Address | None,
+                                          PortRange | None, int | None]:
+    """DNAT/SNAT value ``[A[-B]][:P[-Q][/BASE]]`` as iptables 1.8 takes it: (first address, last
+    address or None, ports or None, port base or None). Either part may be left out, not both."""
     addr, colon, ports = text.partition(":")
-    if "/" in ports:
-        raise InvalidArgument(f'unsupported port range base "{text}" in {opt}')
-    if not addr:
-        raise InvalidArgument(f'unsupported {opt} "{text}" without an address')
-    if "-" in addr:
-        raise InvalidArgument(f'unsupported address range "{addr}" in {opt} (one address only)')
-    try:
-        ip = _ipv4(addr)
-    except ValueError:
-        raise InvalidArgument(f'bad address "{addr}" in {opt}') from None
-    return ip, (parse_target_ports(ports, opt) if colon else None)
+    if not addr and not ports:
+        raise InvalidArgument(f'bad value "{text}" in {opt} (need an address, ports or both)')
+    lo = hi = None
+    if addr:
+        first, dash, last = addr.partition("-")
+        try:
+            lo = _ipv4(first)
+            hi = _ipv4(last) if dash else None
+        except ValueError:
+            raise InvalidArgument(f'bad address "{addr}" in {opt}') from None
+        if hi is not None and int(hi) < int(lo):
+            raise InvalidArgument(f'bad address range "{addr}" in {opt} (min > max)')
+    port_range, base = (parse_shifted_ports(ports, opt) if colon else (None, None))
+    return lo, hi, port_range, base
+
+
+def parse_shifted_ports(text: str, opt: str) -> tuple[PortRange, int | None]:
+    """``P[-Q][/BASE]``: a target port range and its shift base (iptables 1.8; BASE needs P-Q)."""
+    ports, slash, base = text.partition("/")
+    rng = parse_target_ports(ports, opt)
+    if not slash:
+        return rng, None
+    if rng.lo == rng.hi:
+        raise InvalidArgument(f'bad port range "{text}" in {opt} (a base needs a range P-Q/BASE)')
+    if not base.isdigit() or int(base) > 65535:
+        raise InvalidArgument(f'bad port base "{base}" in {opt} (must be 0-65535)')
+    return rng, int(base)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -212,6 +230,7 @@ class _Spec:
     ports_module: str | None = None         # an explicit -m tcp / -m udp
     open_multiport: bool = False            # a -m multiport waiting for --sports/--dports
     loaded: set = field(default_factory=set)
+    has_to: bool = False                    # --to-destination/--to-source/--to-ports was given
 
     def put(self, key: str, value, neg: bool, opt: str, *, twice: str | None = None,
             neg_key: str | None = None):
@@ -354,15 +373,21 @@ def _target_option(sp: _Spec, opt: str, tok: str, v: str) -> None:
         raise InvalidArgument(f'unknown option "{tok}" for target {target}')
     if target in ("DNAT", "SNAT"):
         name = "--to-destination" if target == "DNAT" else "--to-source"
-        if "to_addr" in sp.values:
+        if sp.has_to:
             raise InvalidArgument(f'option "{name}" can only be used once')
-        addr, ports = parse_to(v, name)
-        sp.values["to_addr"] = addr
-        if ports is not None:
-            sp.values["to_ports"] = ports
+        sp.has_to = True
+        lo, hi, ports, base = parse_to(v, name)
+        for key, value in (("to_addr", lo), ("to_addr_hi", hi), ("to_ports", ports), ("to_port_base", base)):
+            if value is not None:
+                sp.values[key] = value
     else:
-        sp.put("to_ports", parse_target_ports(v, "--to-ports"), False, tok,
-               twice='option "--to-ports" can only be used once')
+        if sp.has_to:
+            raise InvalidArgument('option "--to-ports" can only be used once')
+        sp.has_to = True
+        ports, base = parse_shifted_ports(v, "--to-ports")
+        sp.values["to_ports"] = ports
+        if base is not None:
+            sp.values["to_port_base"] = base
 
 
 # -- iptables-save text -------------------------------------------------------------------------

@@ -175,7 +175,9 @@ class Rule:
     comment: str | None = None
     target: str | None = None
     to_addr: ipaddress.IPv4Address | None = None
+    to_addr_hi: ipaddress.IPv4Address | None = None   # the last address of A-B (None: one address)
     to_ports: PortRange | None = None
+    to_port_base: int | None = None                   # P-Q/BASE: the shifted port map (None: off)
     match_order: tuple[str, ...] = field(default=())
 
     # -- normalisation and rule-local validation -------------------------------------------
@@ -299,19 +301,54 @@ class Rule:
         if self.to_addr is not None:
             if t not in ("DNAT", "SNAT"):
                 raise InvalidArgument("a translation address needs -j DNAT or -j SNAT")
-            try:
-                if type(self.to_addr) is not ipaddress.IPv4Address:
-                    self._set("to_addr", ipaddress.IPv4Address(self.to_addr))
-            except (ValueError, TypeError):
-                raise InvalidArgument(f'bad address "{self.to_addr}" in {_to_opt(t)}') from None
+            self._set("to_addr", _to_address(self.to_addr, t))
+        if self.to_addr_hi is not None:
+            if self.to_addr is None:
+                raise InvalidArgument(f"an address range in {_to_opt(t)} needs its first address")
+            hi = _to_address(self.to_addr_hi, t)
+            if int(hi) < int(self.to_addr):
+                raise InvalidArgument(f'bad address range "{self.to_addr}-{hi}" in {_to_opt(t)} (min > max)')
+            self._set("to_addr_hi", None if hi == self.to_addr else hi)
         if self.to_ports is not None:
             if t not in NAT_TARGETS:
                 raise InvalidArgument("translation ports need -j DNAT, SNAT, MASQUERADE or REDIRECT")
             if not isinstance(self.to_ports, PortRange):
                 raise InvalidArgument(f"{_to_opt(t)} ports must be a PortRange")
             self._need_port_proto(f"{_to_opt(t)} with a port" if t in ("DNAT", "SNAT") else "--to-ports")
-        if t in ("DNAT", "SNAT") and self.to_addr is None:
-            raise InvalidArgument(f"{t} needs {_to_opt(t)} with an address")
+        if self.to_port_base is not None:
+            self._check_port_base(t)
+        if t in ("DNAT", "SNAT") and self.to_addr is None and self.to_ports is None:
+            raise InvalidArgument(f"{t} needs {_to_opt(t)} with an address or ports")
+
+    def _check_port_base(self, t: str | None):
+        """``P-Q/BASE``: iptables 1.8's shifted port map. DNAT keeps BASE (port = P + (dport - BASE)
+        mod the range's size); SNAT and MASQUERADE accept the form but iptables hands the kernel a
+        base of 0 (iptables-save prints ``/0``), so it is normalised to 0 here too. REDIRECT is
+        refused, as iptables refuses it."""
+        b = self.to_port_base
+        if t == "REDIRECT":
+            raise InvalidArgument("a shifted port range (P-Q/BASE) is not supported with -j REDIRECT")
+        if t not in ("DNAT", "SNAT", "MASQUERADE"):
+            raise InvalidArgument("a shifted port range (P-Q/BASE) needs -j DNAT, SNAT or MASQUERADE")
+        if self.to_ports is None or self.to_ports.lo == self.to_ports.hi:
+            raise InvalidArgument(f"a port base in {_to_opt(t)} needs a port range P-Q")
+        if type(b) is not int or not 0 <= b <= 65535:
+            raise InvalidArgument(f'bad port base "{b}" in {_to_opt(t)} (must be 0-65535)')
+        if t != "DNAT" and b:
+            self._set("to_port_base", 0)
+
+    def to_spec(self) -> str:
+        """The translation as iptables writes it after --to-destination/--to-source/--to-ports:
+        ``[A[-B]][:P[-Q][/BASE]]`` (``P[-Q][/BASE]`` for --to-ports)."""
+        out = ""
+        if self.to_addr is not None:
+            out = str(self.to_addr) + (f"-{self.to_addr_hi}" if self.to_addr_hi is not None else "")
+        if self.to_ports is not None:
+            ports = self.to_ports.target_text()
+            if self.to_port_base is not None:
+                ports += f"/{self.to_port_base}"
+            out = out + ":" + ports if self.target in ("DNAT", "SNAT") else ports
+        return out
 
     def _present_keys(self) -> tuple[str, ...]:
         """The optional matches present, in MATCH_KEYS order."""
@@ -379,12 +416,9 @@ class Rule:
         if self.target is not None:
             a += ["-j", self.target]
             if self.target in ("DNAT", "SNAT"):
-                to = str(self.to_addr)
-                if self.to_ports is not None:
-                    to += ":" + self.to_ports.target_text()
-                a += [_to_opt(self.target), to]
+                a += [_to_opt(self.target), self.to_spec()]
             elif self.to_ports is not None:
-                a += ["--to-ports", self.to_ports.target_text()]
+                a += ["--to-ports", self.to_spec()]
         return a
 
     def to_text(self) -> str:
@@ -404,6 +438,15 @@ class Rule:
 def neg(flag: bool) -> list[str]:
     """``["!"]`` for a negated option, else ``[]``."""
     return ["!"] if flag else []
+
+
+def _to_address(value, target: str | None) -> ipaddress.IPv4Address:
+    if type(value) is ipaddress.IPv4Address:
+        return value
+    try:
+        return ipaddress.IPv4Address(value)
+    except (ValueError, TypeError):
+        raise InvalidArgument(f'bad address "{value}" in {_to_opt(target)}') from None
 
 
 def _to_opt(target: str | None) -> str:

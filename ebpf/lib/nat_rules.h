@@ -10,6 +10,7 @@
 #include "common.h"
 #include "structs.h"
 #include "maps.h"
+#include "nat_select.h"
 
 #define NAT_HOOK_PREROUTING  0
 #define NAT_HOOK_INPUT       1
@@ -32,9 +33,12 @@ struct nat_match_pkt {
 
 struct nat_decision {
 	__u8   op;           /* NAT_OP_ACCEPT (no translation), DNAT, SNAT, MASQUERADE, REDIRECT */
-	__be32 to_addr;
+	__be32 to_addr;      /* with NAT_TO_ADDR: the first address of the target's range */
+	__be32 to_addr_max;  /* ... and its last */
 	__u16  to_port_min;  /* host order, 0 = keep */
 	__u16  to_port_max;
+	__u16  to_port_base; /* with NAT_TO_SHIFT */
+	__u16  to_flags;     /* NAT_TO_* */
 	__u32  table;        /* NAT_OP_LOOKUP: the exact table; NAT_OP_CLASSIFY: the first shape slot */
 	__u32  shapes;       /* NAT_OP_CLASSIFY: how many shapes */
 };
@@ -114,8 +118,10 @@ static __always_inline int nat_exact_match(__u32 table, const struct nat_match_p
 	if (!v)
 		return 0;
 	d->op = NAT_OP_DNAT;
-	d->to_addr = v->to_addr;
+	d->to_addr = d->to_addr_max = v->to_addr;
 	d->to_port_min = d->to_port_max = bpf_ntohs(v->to_port);
+	d->to_port_base = 0;
+	d->to_flags = NAT_TO_ADDR;
 	return 1;
 }
 
@@ -244,6 +250,9 @@ static __always_inline void nat_evaluate_from(__u32 pc, const struct nat_match_p
 		d->to_addr = r->to_addr;
 		d->to_port_min = r->to_port_min;
 		d->to_port_max = r->to_port_max;
+		d->to_addr_max = r->to_addr_max;
+		d->to_port_base = r->to_port_base;
+		d->to_flags = r->to_flags;
 		d->table = r->table;
 		d->shapes = r->shapes;
 		*resume = r->on_miss;

@@ -170,11 +170,12 @@ static __always_inline int nat_stage_route(dl_ctx *ctx)
 			if (!s->td)
 				return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
 			s->kind |= CT_K_LOCAL;
-		} else {
-			s->td = s->d.to_addr;
+		} else if (s->d.to_flags & NAT_TO_ADDR) {
+			s->td = nat_pick_addr(p->key.saddr, p->key.daddr, s->d.to_addr, s->d.to_addr_max);
 		}
 		if (l4 && s->d.to_port_min)
-			s->tdp = bpf_htons(s->d.to_port_min);
+			s->tdp = bpf_htons(nat_pick_dport(bpf_ntohs(p->key.dport), s->d.to_port_min,
+							  s->d.to_port_max, s->d.to_port_base, s->d.to_flags));
 		s->kind |= CT_K_DNAT;
 	}
 	/* a mid-stream TCP packet (no SYN) is picked up only if no socket of the host owns it */
@@ -224,6 +225,22 @@ static __always_inline int nat_stage_route(dl_ctx *ctx)
 	return declined(ctx, s);
 }
 
+/* SNAT's source address: the original one when the tuple is in the target's range already
+ * (the kernel's first choice, get_unique_tuple step 1), else the range's hashed pick; a target
+ * of ports only keeps the address. */
+static __always_inline __be32 snat_source(const struct nat_scratch *s, const struct nat_pkt *p, int l4)
+{
+	__u32 a = bpf_ntohl(p->key.saddr);
+	__u16 sp = bpf_ntohs(p->key.sport);
+
+	if (!(s->d.to_flags & NAT_TO_ADDR))
+		return p->key.saddr;
+	if (a >= bpf_ntohl(s->d.to_addr) && a <= bpf_ntohl(s->d.to_addr_max) &&
+	    (!l4 || !s->d.to_port_min || (sp >= s->d.to_port_min && sp <= s->d.to_port_max)))
+		return p->key.saddr;
+	return nat_pick_addr(p->key.saddr, s->td, s->d.to_addr, s->d.to_addr_max);
+}
+
 static __always_inline int nat_stage_commit(dl_ctx *ctx)
 {
 	struct nat_scratch *s = scratch();
@@ -248,7 +265,7 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
 		s->kind |= CT_K_SNAT;
 	} else if (snat) {
-		s->ts = s->d.op == NAT_OP_MASQUERADE ? ifaddr_of(r.oif) : s->d.to_addr;
+		s->ts = s->d.op == NAT_OP_MASQUERADE ? ifaddr_of(r.oif) : snat_source(s, &p, l4);
 		if (!s->ts)
 			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
 		s->kind |= CT_K_SNAT;
@@ -270,8 +287,8 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 	if (snat && l4 && s->d.to_port_min) {
 		pmin = s->d.to_port_min;
 		pmax = s->d.to_port_max;
-		if (bpf_ntohs(s->tsp) < pmin || bpf_ntohs(s->tsp) > pmax)
-			s->tsp = bpf_htons(pmin);
+		s->tsp = bpf_htons(nat_pick_sport(bpf_ntohs(s->tsp), pmin, pmax, s->d.to_port_base,
+						  s->d.to_flags));
 	}
 	if (pmax < pmin)
 		pmax = pmin;

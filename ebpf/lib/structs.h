@@ -138,7 +138,13 @@ struct nat_rule {
 	                           * classifier's first slot in nat_shapes; a rule of a classifier:
 	                           * the next candidate rule with its key, 0 = none (host order) */
 	__u32  shapes;            /* NAT_OP_CLASSIFY: how many nat_shapes slots it has */
+	__be32 to_addr_max;       /* DNAT/SNAT A-B: the last address (== to_addr for one address) */
+	__u16  to_port_base;      /* P-Q/BASE: the shift base (host order), with NAT_TO_SHIFT */
+	__u16  to_flags;          /* NAT_TO_* */
 };
+
+#define NAT_TO_ADDR  1        /* the target names an address (range); else the address is kept */
+#define NAT_TO_SHIFT 2        /* the ports are a shifted map: P + (port - BASE) mod (Q - P + 1) */
 
 #define NAT_OP_GOTO       0   /* matched: continue at on_match (a jump into an inlined chain) */
 #define NAT_OP_ACCEPT     1   /* stop: no translation (ACCEPT, RETURN from a builtin chain, policy) */

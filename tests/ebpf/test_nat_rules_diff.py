@@ -19,6 +19,7 @@ from scapy.layers.l2 import Ether
 
 from dockline.control.nat import compiler as C
 from dockline.control.nat import interpreter
+from dockline.control.nat import select
 
 from .harness import TC_ACT_OK, TC_ACT_REDIRECT
 from .natenv import CLIENT, GW_M, GW_N, HOST_IP, ROUTER_MAC, UP1_IP, UPLINK_MAC, ruleset
@@ -107,6 +108,16 @@ RULESETS = {
         for src, proto, to in (("198.51.100.20", "tcp", "10.0.0.2:100"), ("192.0.2.5", "udp", "10.0.0.3:300"))
     ) + "".join(f"-A PREROUTING -d 203.0.113.{n}/{24 + n} -p tcp -j DNAT --to-destination 10.0.0.3:200\n"
                 for n in range(1, 9)) + "-A PREROUTING -p udp -j DNAT --to-destination 10.0.0.2:400\n"),
+    # targets with ranges: the address hashed from the tuple, a port kept when inside the
+    # range, a shifted map (P-Q/BASE), ports only (the address kept), REDIRECT to a range
+    "ranges": ruleset(f"""\
+-A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2-10.0.0.3
+-A PREROUTING -p tcp -m tcp --dport 1000:1099 -j DNAT --to-destination 10.0.0.3:2000-2099/1000
+-A PREROUTING -p tcp -m tcp --dport 8080:8090 -j DNAT --to-destination 10.0.0.2:8085-8087
+-A PREROUTING -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.2-10.0.0.3:5300-5301
+-A PREROUTING -d {HOST_IP}/32 -p tcp -m tcp --dport 3000:3099 -j DNAT --to-destination :7000-7009/3000
+-A PREROUTING -p tcp -m tcp --dport 22 -j REDIRECT --to-ports 2220-2229
+"""),
 }
 
 SOURCES = [CLIENT, "198.51.100.1", "198.51.100.20", "192.0.2.5", "100.64.0.1", "203.0.113.50"]
@@ -124,23 +135,26 @@ def rule_ports(prog: C.Program) -> list[int]:
         for r in (i.sport, i.dport):
             if r is not None:
                 ports |= {r.lo, r.hi, max(r.lo - 1, 0), min(r.hi + 1, 65535)}
+        if i.to_ports is not None:
+            ports |= {i.to_ports.lo, i.to_ports.hi, (i.to_ports.lo + i.to_ports.hi) // 2}
     ports |= {k.dport for k in prog.exact}
     return sorted(ports) or [80]
 
 
 def decisions(prog: C.Program) -> set:
     """Every terminal decision the program can make."""
-    out = {(C.OP_ACCEPT, None, None)}
+    out = {norm(C.OP_ACCEPT, None, None, None, None)}
     for i in prog.instructions:
         if i.op in (C.OP_DNAT, C.OP_REDIRECT):
-            out.add(norm(i.op, i.to_addr, i.to_ports))
+            out.add(norm(i.op, i.to_addr, i.to_addr_hi, i.to_ports, i.to_port_base))
     for v in prog.exact.values():
-        out.add(norm(C.OP_DNAT, v.to_addr, C.PortRange(v.to_port, v.to_port) if v.to_port else None))
+        out.add(norm(C.OP_DNAT, v.to_addr, None, C.PortRange(v.to_port, v.to_port) if v.to_port else None, None))
     return out
 
 
-def norm(op, addr, ports):
-    return op, None if addr is None else str(addr), None if ports is None else (ports.lo, ports.hi)
+def norm(op, addr, addr_hi, ports, base):
+    return (op, None if addr is None else str(addr), None if addr_hi is None else str(addr_hi),
+            None if ports is None else (ports.lo, ports.hi), base)
 
 
 def packets(prog: C.Program, up0: int, up1: int, count: int = PACKETS):
@@ -187,26 +201,32 @@ def test_uplink_decisions_match_the_interpreter(world, name):
     mismatches, got_decisions = [], set()
     count = 2500 if name == "classified" else PACKETS      # its rarest decisions need more
     for proto, saddr, daddr, sport, dport, iif, seq in packets(prog, world.up0, world.up1, count):
-        op, to_addr, to_ports = interpreter.run(prog, "PREROUTING", saddr, daddr, proto, sport, dport, iif=iif,
-                                                is_local=is_local)
-        got_decisions.add(norm(op, to_addr, to_ports))
+        op, to_addr, to_addr_hi, to_ports, base = interpreter.decide(prog, "PREROUTING", saddr, daddr, proto, sport,
+                                                                     dport, iif=iif, is_local=is_local)
+        got_decisions.add(norm(op, to_addr, to_addr_hi, to_ports, base))
         pkt = frame(proto, saddr, daddr, sport, dport, seq)
         port = seq if proto == 1 else dport
         src_side = (saddr, seq if proto == 1 else sport)
         if op == C.OP_ACCEPT:
             want = ((daddr, port), src_side, {TC_ACT_OK})
         elif op in (C.OP_DNAT, C.OP_REDIRECT):
-            addr = str(to_addr) if op == C.OP_DNAT else ifaddr[iif]
-            new_port = to_ports.lo if (to_ports and proto != 1) else port
-            # an endpoint: bpf_redirect_peer; the host itself (REDIRECT): into the stack
-            want = ((addr, new_port), src_side, {TC_ACT_REDIRECT} if op == C.OP_DNAT else {TC_ACT_OK})
+            if op == C.OP_REDIRECT:
+                addr = ifaddr[iif]
+            elif to_addr is None:
+                addr = daddr                       # a target of ports only
+            else:
+                addr = str(select.pick_addr(saddr, daddr, to_addr, to_addr_hi))
+            new_port = select.dnat_port(dport, to_ports.lo, to_ports.hi, base) if (to_ports and proto != 1) else port
+            # an endpoint: bpf_redirect_peer; the host itself (REDIRECT, DNAT to a local address):
+            # into the stack
+            want = ((addr, new_port), src_side, {TC_ACT_OK} if is_local(addr) else {TC_ACT_REDIRECT})
         else:
             raise AssertionError(f"PREROUTING decided op {op}")
         rv, out = world.uplink(pkt, ifindex=iif)
         got = (*seen(out, proto), rv)
         if (got[0], got[1]) != want[:2] or rv not in want[2] or (op == C.OP_ACCEPT and out != pkt):
             mismatches.append(f"{proto} {saddr}:{sport} -> {daddr}:{dport} iif {iif}: interpreter {op} "
-                              f"{to_addr} {to_ports} wants {want}, program gave {got}")
+                              f"{to_addr}-{to_addr_hi} {to_ports}/{base} wants {want}, program gave {got}")
     assert not mismatches, f"{len(mismatches)} mismatches:\n" + "\n".join(mismatches[:15])
     # the generator reached every decision the rules can make, so every one was compared
     assert got_decisions == decisions(prog), decisions(prog) - got_decisions
