@@ -39,6 +39,7 @@ OPS = {
     "ps": ("endpoints", "ps"), "inspect": ("endpoints", "inspect"), "port": ("endpoints", "port"),
     "exec_info": ("endpoints", "exec_info"),
     "nat_iptables": ("nat", "iptables"), "nat_import": ("nat", "import_"), "nat_save": ("nat", "save"),
+    "nat_restore": ("nat", "restore"),
     "conntrack": ("nat", "conntrack"), "conntrack_gc": ("nat", "gc"),
 }
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from . import __version__, output
+from . import iptables_compat as compat
 from .client import Client
 from .config import DEFAULT_HOST, HostConfig
 from .errors import DocklineError, InvalidArgument
@@ -258,8 +259,54 @@ def run_iptables(host: str, as_json: bool, argv: list[str]) -> int:
     return 0
 
 
+def run_iptables_restore(host: str, as_json: bool, argv: list[str]) -> int:
+    """``dockline iptables-restore``: iptables-restore -T nat on dockline's NAT (iptables_compat)."""
+    try:
+        a = compat.parse_restore_args(argv)
+        text = compat.read_input(a.file)
+        r = Client(host).call("nat_restore", text=text, noflush=a.noflush, test=a.test)
+    except DocklineError as e:
+        output.error(e.message)
+        return e.exit_code
+    if as_json:
+        return output.emit_json(r) or 0
+    for w in r["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    if a.verbose and "rules" in r:
+        print(f"{'checked' if a.test else 'restored'} {r['rules']} rules in {r['chains']} chains")
+    return 0
+
+
+def run_iptables_save(host: str, as_json: bool, argv: list[str]) -> int:
+    """``dockline iptables-save``: iptables-save -t nat of dockline's NAT (iptables_compat)."""
+    try:
+        a = compat.parse_save_args(argv)
+        r = Client(host).call("nat_save")
+    except DocklineError as e:
+        output.error(e.message)
+        return e.exit_code
+    if as_json:
+        return output.emit_json(r) or 0
+    text = compat.render_save(r["text"], a.counters)
+    if a.file is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(a.file, "w") as f:
+            f.write(text)
+    except OSError as e:
+        output.error(f'iptables-save: cannot write "{a.file}": {e.strerror}')
+        return 1
+    return 0
+
+
+#: verbs that take iptables' own argument syntax, and who runs them
+_IPTABLES_TOOLS = {"iptables": run_iptables, "iptables-restore": run_iptables_restore,
+                   "iptables-save": run_iptables_save}
+
+
 def _split_iptables(argv: list[str]):
-    """(host, json, iptables args) if the command is ``iptables``, else None."""
+    """(runner, host, json, args) if the command is one of ``_IPTABLES_TOOLS``, else None."""
     host, as_json, i = os.environ.get("DOCKLINE_HOST", DEFAULT_HOST), False, 0
     while i < len(argv):
         a = argv[i]
@@ -270,8 +317,8 @@ def _split_iptables(argv: list[str]):
             i += 1
         elif a.startswith("--host="):
             host = a.split("=", 1)[1]
-        elif a == "iptables":
-            return host, as_json, argv[i + 1:]
+        elif a in _IPTABLES_TOOLS:
+            return _IPTABLES_TOOLS[a], host, as_json, argv[i + 1:]
         else:
             return None
         i += 1
@@ -428,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_exec)
 
     sub.add_parser("iptables", help="iptables -t nat syntax on dockline's eBPF NAT (e.g. dockline iptables -t nat -S)")
+    sub.add_parser("iptables-restore", help="iptables-restore -T nat on dockline's NAT (--noflush, --test; FILE or stdin)")
+    sub.add_parser("iptables-save", help="iptables-save -t nat of dockline's NAT (the user's rules)")
     nat = sub.add_parser("nat", parents=[common], help="the eBPF NAT: import/save rules, conntrack")
     nx = nat.add_subparsers(dest="natcmd", required=True, metavar="COMMAND")
     x = nx.add_parser("import", parents=[common], help="replace the nat rules with iptables-save output")
@@ -451,7 +500,8 @@ def main(argv=None) -> int:
     raw = sys.argv[1:] if argv is None else list(argv)
     ipt = _split_iptables(raw)
     if ipt is not None:
-        return run_iptables(*ipt)
+        runner, *rest = ipt
+        return runner(*rest)
     args = build_parser().parse_args(raw)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]

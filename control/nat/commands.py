@@ -77,6 +77,20 @@ def apply(ruleset: Ruleset, argv: list[str]) -> tuple[Ruleset, str]:
     return rs, out
 
 
+def apply_unvalidated(ruleset: Ruleset, argv: list[str]) -> Ruleset:
+    """One changing command applied to ``ruleset`` itself (no copy) and not validated as a
+    whole: for iptables-restore (control/nat/restore.py), which validates at COMMIT."""
+    cmd = _scan(list(argv))
+    if cmd.table != "nat":
+        raise InvalidArgument(_TABLE_ERROR)
+    if cmd.name is None:
+        raise InvalidArgument("no command given (one of -A -I -D -R -F -N -X -P)")
+    if cmd.name in ("list", "list-rules", "check"):
+        raise InvalidArgument(f"{cmd.flag} is not a restore command")
+    _HANDLERS[cmd.name](ruleset, cmd)
+    return ruleset
+
+
 def is_listing(argv: list[str]) -> bool:
     """Whether ``argv`` is a -L/-S command (any spelling); False for a line ``apply`` refuses."""
     try:

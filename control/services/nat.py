@@ -14,6 +14,7 @@ from ..errors import InvalidArgument
 from ..nat.commands import apply as apply_command, is_listing
 from ..nat.managed import MANAGED_CHAINS, merged_ruleset, published_as_rules, remember_user_rules, user_rules
 from ..nat.parser import parse_save
+from ..nat.restore import restore
 from ..nat.rules import Ruleset
 from .context import NAT_RULES_KEY
 
@@ -81,6 +82,30 @@ class NatService:
             applied = self._set(ruleset)
             return {"chains": len(ruleset.chains), "rules": sum(len(r) for r in ruleset.chains.values()),
                     "warnings": warnings, "applied": applied}
+
+    def restore(self, text: str, noflush: bool = False, test: bool = False) -> dict:
+        """``iptables-restore -T nat [--noflush] [--test]`` on the user's nat table
+        (control/nat/restore.py). The result is applied in one step, or with ``test`` only
+        checked (parsed, validated and compiled), like iptables-restore --test."""
+        with self.ctx.lock:
+            self._datapath()
+            state = self.ctx.snapshot()
+            new, warnings = restore(user_rules(state.nat_rules), text, noflush)
+            if new is None:
+                return {"changed": False, "warnings": warnings + ["no *nat table in the input: nothing changed"]}
+            for c in MANAGED_CHAINS:
+                if c in new.chains:
+                    raise InvalidArgument(f"chain {c} is managed by dockline (published ports, masquerade)")
+            out = {"changed": not test, "chains": len(new.chains),
+                   "rules": sum(len(r) for r in new.chains.values()), "warnings": warnings}
+            if test:
+                text = new.save()
+                remember_user_rules(text, new)
+                state.nat_rules = text
+                self.ctx.datapath.check_nat(state)
+                return out
+            out["applied"] = self._set(new)
+            return out
 
     def save(self) -> dict:
         """The user's nat table as iptables-save text (restorable by ``nat import`` and by
