@@ -15,9 +15,12 @@ client's connections, so every new connection is judged against the whole table:
 case of a linear rule walk, and the case a classifier must keep flat.
 
 Per rule count: the rule set is imported into both hosts (``nat import``; the time is kept),
-then ``rounds`` rounds measure CRR on each, alternating the two hosts within each round.
+then ``rounds`` rounds measure CRR on each, alternating the two hosts within each round. At the
+largest count, established flows are measured the same way: RR (one connection, 1-byte
+ping-pong, dialed at ``DIALED_RR``) and TCP throughput (iperf3, ``DIALED_TCP``), both DNATed by
+rules after the fillers (an established flow never meets the rules again, on either side).
 Targets (issue 11 P10): dockline flat within 10 % from 1 to 100,000 rules; at least 50x
-iptables at 100,000.
+iptables at 100,000; established RR and throughput at least 1.1x iptables.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .metrics import CRR_PORT, connect_rate
+from .metrics import CRR_PORT, IPERF_PORT, RR_PORT, connect_rate, request_response, tcp_throughput
 from .targets import Endpoints
 
 RULE_COUNTS = (1, 1000, 10000, 100000)
 DIALED = 18080
+DIALED_RR = 18081
+DIALED_TCP = 18082
 FLAT_TARGET = 0.10
 VS_IPTABLES_TARGET = 50.0
+ESTABLISHED_TARGET = 1.1
 DATAPATHS = ("ebpf", "kernel")
 
 
@@ -53,8 +59,9 @@ def filler(i: int) -> str:
 
 def rules(n: int, server_ip: str, chain: str = "PREROUTING") -> list[str]:
     out = [f"-A {chain} {filler(i)}" for i in range(n - 1)]
-    out.append(f"-A {chain} -d 198.18.0.1/32 -p tcp -m tcp --dport {DIALED} "
-               f"-j DNAT --to-destination {server_ip}:{CRR_PORT}")
+    for dialed, port in ((DIALED, CRR_PORT), (DIALED_RR, RR_PORT), (DIALED_TCP, IPERF_PORT)):
+        out.append(f"-A {chain} -d 198.18.0.1/32 -p tcp -m tcp --dport {dialed} "
+                   f"-j DNAT --to-destination {server_ip}:{port}")
     return out
 
 
@@ -75,8 +82,10 @@ class _Box:
         self.host.call("network_create", name="box", subnet="10.77.0.0/24")
         self.host.call("endpoint_create", name="srv", network="box")
         self.server_ip = self.host.call("inspect", ref="srv")["networks"]["box"]["ip"]
-        self.ep = Endpoints(netns.netns_path(self.host.out_ns), netns.netns_path(self.host.ep_ns("srv")),
-                            "198.18.0.1", DIALED)
+        out, srv = netns.netns_path(self.host.out_ns), netns.netns_path(self.host.ep_ns("srv"))
+        self.ep = Endpoints(out, srv, "198.18.0.1", DIALED)
+        self.ep_rr = Endpoints(out, srv, "198.18.0.1", DIALED_RR)
+        self.ep_tcp = Endpoints(out, srv, "198.18.0.1", DIALED_TCP)
 
     def load(self, n: int) -> float:
         """Make the host's nat table hold the ``n`` rules; returns the seconds it took. eBPF:
@@ -102,8 +111,8 @@ class _Box:
             return time.perf_counter() - t
         got = self.host.call("nat_import", text=ruleset(n, self.server_ip))
         took = time.perf_counter() - t
-        if got.get("rules") != n:
-            raise RuntimeError(f"{self.datapath}: imported {got.get('rules')} rules, not {n}")
+        if got.get("rules") != n + 2:
+            raise RuntimeError(f"{self.datapath}: imported {got.get('rules')} rules, not {n + 2}")
         return took
 
     def close(self):
@@ -118,7 +127,7 @@ def measure(rule_counts=RULE_COUNTS, rounds: int = 3, duration: float = 2.0, con
         for dp in DATAPATHS:
             boxes[dp] = _Box(dp)
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("NAT box", total=len(rule_counts) * (1 + rounds))
+            task = progress.add_task("NAT box", total=len(rule_counts) * (1 + rounds) + rounds)
             for n in rule_counts:
                 row = {"import_s": {}, "crr": {dp: [] for dp in boxes}}
                 for dp, box in boxes.items():
@@ -133,6 +142,7 @@ def measure(rule_counts=RULE_COUNTS, rounds: int = 3, duration: float = 2.0, con
                     progress.advance(task)
                 row["median"] = {dp: statistics.median(v) for dp, v in row["crr"].items()}
                 out["rows"][str(n)] = row
+            out["established"] = _established(boxes, rounds, duration, progress, task, rule_counts[-1])
     finally:
         for box in boxes.values():
             box.close()
@@ -145,7 +155,25 @@ def measure(rule_counts=RULE_COUNTS, rounds: int = 3, duration: float = 2.0, con
     out["flat_verdict"] = "PASS" if out["flatness"] >= 1 - FLAT_TARGET else "MISS"
     out["vs_iptables_verdict"] = ("PASS" if out["vs_iptables_at_max"] >= VS_IPTABLES_TARGET else "MISS") \
         if int(last) >= 100000 else "n/a (the target is at 100,000 rules)"
+    est = out["established"]
+    for metric in ("rr_tps", "tcp_gbit_s"):
+        ratio = statistics.median(est[metric]["ebpf"]) / statistics.median(est[metric]["kernel"])
+        est[f"{metric}_ratio"] = ratio
+        est[f"{metric}_verdict"] = "PASS" if ratio >= ESTABLISHED_TARGET else "MISS"
     return out
+
+
+def _established(boxes: dict, rounds: int, duration: float, progress, task, n: int) -> dict:
+    """RR and TCP throughput of established flows through each box, alternating within rounds."""
+    est = {"rules": n, "rr_tps": {dp: [] for dp in boxes}, "tcp_gbit_s": {dp: [] for dp in boxes}}
+    for r in range(rounds):
+        order = list(boxes) if r % 2 == 0 else list(reversed(boxes))
+        for dp in order:
+            progress.update(task, description=f"NAT box: established flows, round {r + 1} ({dp})")
+            est["rr_tps"][dp].append(request_response(boxes[dp].ep_rr, duration)["tps"])
+            est["tcp_gbit_s"][dp].append(tcp_throughput(boxes[dp].ep_tcp, duration=duration)["gbit_s"])
+        progress.advance(task)
+    return est
 
 
 def table(results: dict) -> list[str]:
@@ -164,6 +192,15 @@ def table(results: dict) -> list[str]:
                  f"(target ≥ {VS_IPTABLES_TARGET:.0f}x): {r['vs_iptables_verdict']}. Medians of {r['rounds']} "
                  f"rounds of {r['duration_s']:.0f} s, the two hosts alternating within each round. Import "
                  "times are the whole `nat import` call (parse, compile, write).")
+    est = r.get("established")
+    if est:
+        lines += ["", f"Established flows through the box at {est['rules']:,} rules (medians; target ≥ "
+                      f"{ESTABLISHED_TARGET:.1f}x iptables):", "",
+                  "| metric | dockline eBPF | iptables-nft | eBPF / iptables | verdict |", "|---|---|---|---|---|"]
+        for metric, label, fmt in (("rr_tps", "RR transactions/s", "{:,.0f}"), ("tcp_gbit_s", "TCP Gbit/s", "{:.2f}")):
+            e, k = (statistics.median(est[metric][dp]) for dp in ("ebpf", "kernel"))
+            lines.append(f"| {label} | {fmt.format(e)} | {fmt.format(k)} | {est[metric + '_ratio']:.2f}x "
+                         f"| {est[metric + '_verdict']} |")
     return lines
 
 

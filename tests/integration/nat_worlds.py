@@ -284,10 +284,11 @@ class Result:
     peer: str = ""                       # what the client believes it talks to (getpeername)
     reply_from: tuple = ()               # UDP/ICMP: source of each reply, as the client sees it
     seen: tuple = ()                     # receivers' records, in arrival order
-    local: str = ""                      # the client's own address (getsockname), informational
+    local: str = ""                      # the client's own address and port (getsockname)
 
     def fields(self) -> dict:
-        return {"outcome": self.outcome, "peer": self.peer, "reply_from": self.reply_from, "seen": self.seen}
+        return {"outcome": self.outcome, "peer": self.peer, "reply_from": self.reply_from, "seen": self.seen,
+                "local": self.local}
 
 
 def _sock(ns: str, family_type: int, proto: int = 0) -> socket.socket:
@@ -651,7 +652,7 @@ def table(title: str, flows: list[Flow], ra: dict[int, Result], rb: dict[int, Re
             lines.append(f"     {name:9s} outcome={r.outcome:12s} peer={r.peer or '-':22s} "
                          f"replies_from={','.join(sorted(set(r.reply_from))) or '-':22s} local={r.local or '-'}")
             lines.append(f"     {'':9s} seen: {_fmt_seen(r.seen)}")
-        for fld in ("outcome", "peer", "reply_from", "seen"):
+        for fld in ("outcome", "peer", "reply_from", "seen", "local"):
             if (f.fid, fld) in bad:
                 lines.append(f"     !! {fld} differs")
     return "\n".join(lines)

@@ -20,8 +20,8 @@ sends 3 messages on one socket (a new flow, then established traffic) from a fix
 (ICMP: echo id), unique in the module, so translated ports are comparable and no tuple is reused.
 
 Compared per flow: outcome (ok / refused / timeout / partial(n:...) / errno), the client's
-getpeername (UDP, ICMP: where each reply came from), and every receiver record. The client's
-own address is printed ("local") but not compared. On failure the mismatching flows are listed
+getpeername (UDP, ICMP: where each reply came from), every receiver record, and the client's
+own address and port (getsockname, "local"). On failure the mismatching flows are listed
 with both worlds' view; run with -s to see every flow.
 """
 
