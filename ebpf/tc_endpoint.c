@@ -114,14 +114,31 @@ int tc_from_endpoint(struct __sk_buff *skb)
 	return endpoint_finish(skb, self, code);
 }
 
-/* TC egress of the endpoint's host-side veth: what the host stack sends into the endpoint. Only
- * translations of tracked flows (the host's replies to a REDIRECT or a DNAT to a host address
- * that came from this endpoint); everything else passes untouched and uncounted. Frames that
- * bpf_redirect_peer delivers never pass here. */
+/* TC egress of the endpoint's host-side veth: what the host stack sends into the endpoint.
+ * Translations of tracked flows (the host's replies to a REDIRECT or a DNAT to a host address
+ * that came from this endpoint), and POSTROUTING (-o the bridge) for a new flow the host starts
+ * from another of its addresses than the network's gateway: a socket the OUTPUT DNAT of a host
+ * address bound to that address, as iptables keeps it (Docker's "-o bridge --src-type LOCAL
+ * -j MASQUERADE" then applies as it does there). Everything else passes untouched and
+ * uncounted. Frames that bpf_redirect_peer delivers never pass here. */
 int tc_to_endpoint(struct __sk_buff *skb)
 {
-	__u32 code = VERDICT_PASS;
-	int action = nat_egress(skb, 0, &code);
+	__u32 ifindex = skb->ifindex, code = VERDICT_PASS;
+	struct endpoint_info *self = endpoints_by_ifindex.lookup(&ifindex);
+	struct net_info *ni = NULL;
+	__u32 bridge = 0;
+	__be32 gateway = 0;
+	int action;
+
+	if (self && !(self->flags & EP_F_INTERNAL)) {
+		__u32 net = self->net_id;
+		ni = net_info.lookup(&net);
+	}
+	if (ni) {
+		bridge = ni->bridge_ifindex;
+		gateway = ni->gateway;
+	}
+	action = nat_egress(skb, ni ? NAT_ORIGIN_LOCAL_OUT : 0, bridge, gateway, &code);
 
 	if (action == NAT_DECLINE)
 		return TC_ACT_OK;

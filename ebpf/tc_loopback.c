@@ -18,7 +18,7 @@
 int tc_loopback(struct __sk_buff *skb)
 {
 	__u32 code = VERDICT_LOOPBACK_PASS, len = skb->len;
-	int action = nat_egress(skb, NAT_ORIGIN_LOOPBACK, &code);
+	int action = nat_egress(skb, NAT_ORIGIN_LOOPBACK, 0, 0, &code);
 
 	if (action == NAT_DECLINE)
 		action = TC_ACT_OK;

@@ -29,7 +29,7 @@ int tc_uplink_ingress(struct __sk_buff *skb)
 int tc_uplink_egress(struct __sk_buff *skb)
 {
 	__u32 code = VERDICT_UPLINK_PASS, len = skb->len;
-	int action = nat_egress(skb, NAT_ORIGIN_LOCAL_OUT, &code);
+	int action = nat_egress(skb, NAT_ORIGIN_LOCAL_OUT, 0, 0, &code);
 
 	if (action == NAT_DECLINE)
 		action = TC_ACT_OK;

@@ -200,8 +200,10 @@ class NatEngine(abc.ABC):
         that must follow them (None: this one need not; netfilter hooks every interface)."""
         return None
 
-    def refresh_interfaces(self, dp) -> None:
-        """Follow the host's interfaces since the last call (see ``link_watch_fd``)."""
+    def refresh_interfaces(self, dp) -> bool:
+        """Follow the host's interfaces since the last call (see ``link_watch_fd``). True: an
+        interface the nat rules name changed, and they must be applied again."""
+        return False
 
     @property
     def nat_rules_supported(self) -> bool:
@@ -378,8 +380,8 @@ class Datapath:
     def link_watch_fd(self) -> int | None:
         return self.nat.link_watch_fd()
 
-    def refresh_interfaces(self) -> None:
-        self.nat.refresh_interfaces(self)
+    def refresh_interfaces(self) -> bool:
+        return bool(self.nat.refresh_interfaces(self))
 
     def info(self) -> dict:
         d = {"name": self.name, "forwarding_engine": self.forwarding.name, "nat_engine": self.nat.name}

@@ -17,7 +17,7 @@ import struct
 
 #: Bumped whenever a struct below changes: part of the pin path (bcc reuses a pinned map without
 #: checking key/value sizes, so a new layout must never meet an old map).
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 
 
 class Verdict(enum.IntEnum):
@@ -251,10 +251,10 @@ class FragPorts(ctypes.Structure):
 
 
 class SockXlate(ctypes.Structure):
-    """struct sock_xlate { __be32 orig_addr, nat_addr; __be16 orig_port, nat_port; __be32 want_saddr; };"""
+    """struct sock_xlate { __be32 orig_addr, nat_addr; __be16 orig_port, nat_port; __be32 want_saddr, sock_saddr; };"""
 
     _fields_ = [("orig_addr", ctypes.c_uint32), ("nat_addr", ctypes.c_uint32), ("orig_port", ctypes.c_uint16),
-                ("nat_port", ctypes.c_uint16), ("want_saddr", ctypes.c_uint32)]
+                ("nat_port", ctypes.c_uint16), ("want_saddr", ctypes.c_uint32), ("sock_saddr", ctypes.c_uint32)]
 
 
 #: NAT_OP_* and NAT_NEG_* of structs.h

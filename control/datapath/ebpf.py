@@ -38,9 +38,11 @@ from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
 from ..nat.managed import exact_entry, exact_key, ip_of, merged_identity, merged_rules, published_ports
 from ..nat.reach import bridged_nat_bridges, loopback_may_translate
-from ..nat.rules import Ruleset
+from ..nat import wildcards
+from ..nat.rules import Ruleset, iface_matches, is_iface_wildcard
 from ..netlink import links
 from ..netlink.netns import run_in_netns
+from ..netlink.source_choice import route_sources
 from ..netlink.watch import AddressWatch, LinkWatch
 from . import bpf_structs as S
 from . import cgroup_attach, loader, map_schema
@@ -63,7 +65,8 @@ NAT_PORT_RANGE = (61000, 65535)    # masquerade source ports: outside the host's
 SOCK_PROGRAMS = (("sock_connect4", loader.BPF_CGROUP_INET4_CONNECT),
                  ("sock_sendmsg4", loader.BPF_CGROUP_UDP4_SENDMSG),
                  ("sock_recvmsg4", loader.BPF_CGROUP_UDP4_RECVMSG),
-                 ("sock_getpeername4", loader.BPF_CGROUP_INET4_GETPEERNAME))
+                 ("sock_getpeername4", loader.BPF_CGROUP_INET4_GETPEERNAME),
+                 ("sock_getsockname4", loader.BPF_CGROUP_INET4_GETSOCKNAME))
 
 
 def net_number(net_id: str) -> int:
@@ -92,6 +95,11 @@ def loopback_masquerade_source(addrs, lo_index: int | None) -> str | None:
 
 def _iface_names(rs: Ruleset) -> set[str]:
     return {n for rules in rs.chains.values() for r in rules for n in (r.in_iface, r.out_iface) if n}
+
+
+def _named_by(names: set[str], link: str) -> bool:
+    """Whether a rule naming ``names`` (exact or PREFIX+) cares about interface ``link``."""
+    return any(iface_matches(n, link) for n in names)
 
 
 
@@ -318,6 +326,8 @@ class EbpfNat(NatEngine):
         self.last_nat_apply: dict = {}
         self._last_compile: dict | None = None     # what apply_nat compiled last (fast path)
         self._checked: tuple | None = None          # (key, Program) check_nat compiled, for apply_nat
+        self._rule_ifaces: set[str] = set()         # the -i/-o names (PREFIX+ too) of the last compile
+        self._rule_iface_idx: set[int] = set()      # ... and the ifindexes they resolved to
         self._bridged: set[str] = set()             # bridges with NET_F_BRIDGED_NAT
         self._bridged_key = None
         self._local_prefixes: set[str] = set()     # the host's local routes ("a.b.c.d/len")
@@ -499,20 +509,28 @@ class EbpfNat(NatEngine):
     def link_watch_fd(self) -> int | None:
         return self._link_watch.fileno() if self._link_watch is not None else None
 
-    def refresh_interfaces(self, dp) -> None:
+    def refresh_interfaces(self, dp) -> bool:
         """Follow the host's interfaces since the last look (the agent's link-watch thread calls
         this when the watch socket is readable): new ones get NAT if the policy says so, gone
-        ones are forgotten; lost events mean a full dump."""
+        ones are forgotten; lost events mean a full dump. Returns whether an interface that
+        the nat rules name (exactly or by a PREFIX+ wildcard) appeared, went or was renamed:
+        then the rules must be compiled again (the caller applies them)."""
         if self._link_watch is None or self.interfaces is None:
-            return
+            return False
         events = self._link_watch.events()
         self._sync_host_addresses()     # an address on a new interface: published ports answer there
         if events is None:
             self._attach_interfaces()
-            return
+            return bool(self._rule_ifaces)
         latest: dict[int, tuple[str, int, str]] = {}
         for kind, idx, name, master in events:
             latest[idx] = (kind, name, master)
+        named = any(idx in self._rule_iface_idx or _named_by(self._rule_ifaces, name)
+                    for idx, (kind, name, master) in latest.items())
+        self._follow_links(latest)
+        return named
+
+    def _follow_links(self, latest: dict) -> None:
         for idx, (kind, name, master) in latest.items():
             if kind == "del":
                 if self.interfaces.attached.get(name) == idx:
@@ -642,7 +660,7 @@ class EbpfNat(NatEngine):
                          "judged" if n.bridge in want else "no longer judged")
 
     def _apply_nat_rules(self, rs: Ruleset, text: str, state, changes: PortChanges | None) -> dict:
-        fingerprint = (text, tuple(sorted((n, self._ifindex(n)) for n in _iface_names(rs))))
+        fingerprint = (text, self._iface_binding(rs))
         last = self._last_compile
         if (last and last["fingerprint"] == fingerprint
                 and self.nat.live_config().generation == last["generation"]):
@@ -665,7 +683,37 @@ class EbpfNat(NatEngine):
         return self.last_nat_apply
 
     def _compile_key(self, text: str, rs: Ruleset, published: dict) -> tuple:
-        return (text, tuple(sorted((n, self._ifindex(n)) for n in _iface_names(rs))), tuple(published.items()))
+        return (text, self._iface_binding(rs), tuple(published.items()))
+
+    def _link_names(self) -> list[str]:
+        """The host's interface names a rule's -i/-o can see (endpoints' veths never are: their
+        traffic's interface is the bridge)."""
+        return [n for _, n in socket.if_nameindex() if not n.startswith(self._own_prefixes())]
+
+    def _own_prefixes(self) -> tuple[str, ...]:
+        return self.interfaces.own_prefixes if self.interfaces is not None else ()
+
+    def _iface_binding(self, rs: Ruleset) -> tuple:
+        """What the rules' interface names resolve to now: an exact name's ifindex, a PREFIX+
+        wildcard's matching names and their ifindexes. Part of the compile's identity, and
+        kept (self._rule_ifaces) for the link watch to tell which changes matter."""
+        names = _iface_names(rs)
+        links = None
+        out, bound = [], set()
+        for n in sorted(names):
+            if is_iface_wildcard(n):
+                if links is None:
+                    links = [(i, nm) for i, nm in socket.if_nameindex() if not nm.startswith(self._own_prefixes())]
+                hits = tuple(sorted((nm, i) for i, nm in links if iface_matches(n, nm)))
+                bound.update(i for _, i in hits)
+                out.append((n, hits))
+            else:
+                idx = self._ifindex(n)
+                if idx:
+                    bound.add(idx)
+                out.append((n, idx))
+        self._rule_ifaces, self._rule_iface_idx = names, bound
+        return tuple(out)
 
     def _compile(self, rs: Ruleset, text: str, state) -> nat_compiler.Program:
         """``rs`` with the published ports as DOCKLINE's exact entries, compiled once: the
@@ -677,6 +725,8 @@ class EbpfNat(NatEngine):
         return self._compile_fresh(rs, state)
 
     def _compile_fresh(self, rs: Ruleset, state) -> nat_compiler.Program:
+        if wildcards.has_wildcards(rs):
+            rs = wildcards.expand(rs, self._link_names())
         return nat_compiler.compile_ruleset(
             rs, self._ifindex, managed={"DOCKLINE": [exact_entry(k, v) for k, v in published_ports(state).items()]})
 
@@ -726,6 +776,15 @@ class EbpfNat(NatEngine):
         self._local_prefixes = {f"{S.ip_text(a)}/{plen}" for plen, a in want_local}
         self._sync_set(self.maps["local_addrs"], want_local, lambda k: (k.prefixlen, k.addr),
                        lambda t: S.SubnetKey(t[0], t[1]))
+        want_src = {(plen, S.be32(dst)): S.be32(src) for (plen, dst), src in
+                    route_sources(self.ipr.get_routes(family=2, table=254), addrs).items()}
+        m = self.maps["route_src"]
+        have_src = {(k.prefixlen, k.addr): v.value for k, v in m.items()}
+        for t in set(have_src) - set(want_src):
+            m.delete(S.SubnetKey(*t))
+        for t, src in want_src.items():
+            if have_src.get(t) != src:
+                m.update(S.SubnetKey(*t), S.ctypes.c_uint32(src))
 
     @staticmethod
     def _sync_set(m, want: set, to_tuple, to_key):

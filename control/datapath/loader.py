@@ -47,6 +47,7 @@ BPF_CGROUP_INET4_CONNECT = 10
 BPF_CGROUP_UDP4_SENDMSG = 14
 BPF_CGROUP_UDP4_RECVMSG = 19
 BPF_CGROUP_INET4_GETPEERNAME = 29
+BPF_CGROUP_INET4_GETSOCKNAME = 31
 
 #: nat_tail slots (ebpf/lib/nat.h NAT_TAIL_*): the tail-called stages of a new flow's NAT
 NAT_TAIL = {0: "tc_nat_eval", 1: "tc_nat_route", 2: "tc_nat_commit", 3: "tc_nat_classify"}
@@ -67,7 +68,8 @@ PROGRAMS = {
     "cgroup_sock.c": [("sock_connect4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_CONNECT),
                       ("sock_sendmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_SENDMSG),
                       ("sock_recvmsg4", "CGROUP_SOCK_ADDR", BPF_CGROUP_UDP4_RECVMSG),
-                      ("sock_getpeername4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_GETPEERNAME)],
+                      ("sock_getpeername4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_GETPEERNAME),
+                      ("sock_getsockname4", "CGROUP_SOCK_ADDR", BPF_CGROUP_INET4_GETSOCKNAME)],
 }
 
 _LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.M)

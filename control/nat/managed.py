@@ -37,8 +37,13 @@ def control_plane_chains(networks) -> Ruleset:
     rs.chains["POSTROUTING"].append(Rule(target="DOCKLINE-POSTROUTING"))
     for n in networks:
         if _masquerades(n):
-            rs.chains["DOCKLINE-POSTROUTING"].append(
-                Rule(src=ipaddress.IPv4Network(n.subnet), out_iface=n.bridge, out_neg=True, target="MASQUERADE"))
+            post = rs.chains["DOCKLINE-POSTROUTING"]
+            post.append(Rule(src=ipaddress.IPv4Network(n.subnet), out_iface=n.bridge, out_neg=True,
+                             target="MASQUERADE"))
+            # a host connection DNATed into the network keeps the host address it asked for
+            # (the socket layer binds it, as iptables keeps it); leaving into the bridge it
+            # becomes the gateway, so that the reply comes back through the host
+            post.append(Rule(out_iface=n.bridge, src_type="LOCAL", target="MASQUERADE"))
     return rs
 
 

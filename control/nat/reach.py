@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .rules import Rule, Ruleset
+from .rules import Rule, Ruleset, iface_matches
 
 TRANSLATING = frozenset({"DNAT", "SNAT", "MASQUERADE", "REDIRECT"})
 
@@ -40,8 +40,8 @@ class PacketClass:
 
 
 def _iface_excludes(name: str | None, neg: bool, iface: str) -> bool:
-    # "-i X" needs iif == X; "! -i X" needs iif != X
-    return name is not None and (name != iface) != neg
+    # "-i X" needs iif to match X; "! -i X" needs it not to (X may be a PREFIX+ wildcard)
+    return name is not None and (not iface_matches(name, iface)) != neg
 
 
 def _addr_excludes(net: ipaddress.IPv4Network | None, neg: bool, where) -> bool:

@@ -11,8 +11,8 @@ the first packet of a connection:
 - ``ACCEPT`` stops traversal without translation; DNAT/SNAT/MASQUERADE/REDIRECT stop with that
   translation; falling off the built-in chain applies the policy (ACCEPT, ``rule=None``).
 
-Conditions: ``-i``/``-o`` compare names exactly with ``pkt.iif``/``pkt.oif`` (a missing
-interface, None, equals no name, so ``! -i x`` holds); ``--src-type``/``--dst-type LOCAL`` ask
+Conditions: ``-i``/``-o`` match ``pkt.iif``/``pkt.oif`` by name, ``PREFIX+`` by prefix (a
+missing interface, None, matches no name, so ``! -i x`` holds); ``--src-type``/``--dst-type LOCAL`` ask
 ``is_local(address)``; port conditions (``--sport``/``--dport``/multiport, negated or not) belong
 to the tcp/udp match, so they never hold for a packet of another protocol; ``! -p tcp`` holds for
 udp and icmp. The caller supplies what the kernel would: e.g. no ``iif`` at OUTPUT/POSTROUTING.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import InvalidArgument, NotFound
-from .rules import NAT_TARGETS, PROTOCOLS, Rule, Ruleset
+from .rules import NAT_TARGETS, PROTOCOLS, Rule, Ruleset, iface_matches
 
 HOOKS = ("PREROUTING", "OUTPUT", "POSTROUTING")
 
@@ -94,7 +94,7 @@ def matches(rule: Rule, pkt: Packet, is_local: Callable[[str], bool]) -> bool:
             return False
     for name, neg, actual in ((rule.in_iface, rule.in_neg, pkt.iif),
                               (rule.out_iface, rule.out_neg, pkt.oif)):
-        if name is not None and (actual == name) == neg:
+        if name is not None and iface_matches(name, actual) == neg:
             return False
     port_conditions = ((rule.sport, rule.sport_neg, pkt.sport), (rule.dport, rule.dport_neg, pkt.dport))
     multi_conditions = ((rule.msports, rule.msports_neg, pkt.sport),

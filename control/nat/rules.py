@@ -117,13 +117,27 @@ def check_chain_name(name: str) -> None:
         raise InvalidArgument(f'chain name "{name}" clashes with a target name')
 
 
+def iface_matches(pattern: str, name: str | None) -> bool:
+    """iptables' interface match: ``eth+`` is every name that starts with ``eth``; any other
+    pattern is one exact name (a ``+`` inside a name is a character). No interface (None)
+    matches nothing."""
+    if name is None:
+        return False
+    if pattern.endswith("+"):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def is_iface_wildcard(pattern: str | None) -> bool:
+    return pattern is not None and pattern.endswith("+")
+
+
 @functools.lru_cache(maxsize=4096)
 def check_iface(name: str, opt: str) -> None:
-    """Raise InvalidArgument unless ``name`` is an exact interface name usable with ``-i``/``-o``."""
+    """Raise InvalidArgument unless ``name`` is an interface name or a ``PREFIX+`` wildcard
+    usable with ``-i``/``-o`` (at most IFNAMSIZ - 1 characters, the ``+`` included)."""
     if not name:
         raise InvalidArgument(f"empty interface name in {opt}")
-    if name.endswith("+"):
-        raise InvalidArgument(f'unsupported interface wildcard "{name}" in {opt} (exact names only)')
     if len(name) > MAX_IFNAME:
         raise InvalidArgument(f'bad interface name "{name}" in {opt} (at most {MAX_IFNAME} characters)')
     if any(not c.isprintable() or c.isspace() or c in "/\"'\\" for c in name):
@@ -207,8 +221,16 @@ class Rule:
             s("dst", net)
         if self.in_iface is not None:
             check_iface(self.in_iface, "-i")
+            if self.in_iface == "+":             # every interface: iptables drops the match
+                if self.in_neg:
+                    raise InvalidArgument('"! -i +" would never match')
+                s("in_iface", None)
         if self.out_iface is not None:
             check_iface(self.out_iface, "-o")
+            if self.out_iface == "+":
+                if self.out_neg:
+                    raise InvalidArgument('"! -o +" would never match')
+                s("out_iface", None)
         self._check_negations()
         if self.sport is not None or self.dport is not None:
             self._norm_ports()

@@ -121,7 +121,11 @@ class NatService:
     def interfaces_changed(self) -> None:
         """The host's interfaces changed (the agent's link watch): let the NAT follow them."""
         with self.ctx.lock:
-            self.ctx.datapath.refresh_interfaces()
+            dp = self.ctx.datapath
+            if dp.refresh_interfaces():
+                # an interface the rules name (-i/-o, PREFIX+) appeared, went or was renamed
+                applied = dp.apply_nat(self.ctx.snapshot())
+                log.info("nat rules compiled again for a change of the interfaces they name: %s", applied)
 
     def gc(self) -> dict:
         with self.ctx.lock:

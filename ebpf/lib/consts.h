@@ -52,6 +52,9 @@
 #ifndef MAX_NAT_IFADDRS
 #define MAX_NAT_IFADDRS 1024       /* interfaces with an address MASQUERADE/REDIRECT may use */
 #endif
+#ifndef MAX_ROUTE_SRC
+#define MAX_ROUTE_SRC 4096         /* prefixes of the main routing table with the source the kernel picks */
+#endif
 #ifndef MAX_LOCAL_ADDRS
 #define MAX_LOCAL_ADDRS 1024       /* prefixes of the host's "local" routing table (addrtype LOCAL) */
 #endif

@@ -52,6 +52,10 @@ BPF_TABLE_PINNED("hash", __u32, __be32, nat_ifaddr, MAX_NAT_IFADDRS, PIN_DIR "/n
 /* the host's "local" routing table (addrtype LOCAL), as an LPM trie */
 BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __u8, local_addrs, MAX_LOCAL_ADDRS,
 		  PIN_DIR "/local_addrs", BPF_F_NO_PREALLOC);
+/* the main routing table's prefixes -> the source address the kernel gives a connection to
+ * them (control/netlink/source_choice.py): the socket layer binds an OUTPUT-DNATed socket to it */
+BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __be32, route_src, MAX_ROUTE_SRC,
+		  PIN_DIR "/route_src", BPF_F_NO_PREALLOC);
 /* ports of fragmented datagrams, from their first fragment */
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_ports, frag_ports, MAX_FRAGS,
 		 PIN_DIR "/frag_ports");

@@ -376,12 +376,17 @@ static __always_inline int nat_ingress(dl_ctx *ctx, __u32 iif, int allow_new, __
 
 #ifndef DL_XDP
 /* Leaving by an interface: tracked flows are translated (replies the host sends for a REDIRECT
- * or a DNAT to a local address). With local_out (NAT_ORIGIN_LOCAL_OUT on the uplink,
- * NAT_ORIGIN_LOOPBACK on lo; 0 on an endpoint's veth), a packet the host itself sends that
- * belongs to no flow starts one: POSTROUTING judges it in the tail-called stages (SNAT,
- * MASQUERADE), and an untranslated one is tracked so that its replies are never judged (as new
- * connections to a published port, or by POSTROUTING as if they started a flow). */
-static __always_inline int nat_egress(dl_ctx *ctx, __u32 local_out, __u32 *code)
+ * or a DNAT to a local address). With local_out (NAT_ORIGIN_LOCAL_OUT on the uplink and on an
+ * endpoint's veth, NAT_ORIGIN_LOOPBACK on lo; 0: translations only), a packet the host itself
+ * sends that belongs to no flow starts one: POSTROUTING judges it in the tail-called stages
+ * (SNAT, MASQUERADE), and an untranslated one is tracked so that its replies are never judged
+ * (as new connections to a published port, or by POSTROUTING as if they started a flow).
+ * logical_oif is what -o names (an endpoint's bridge; 0: this interface) and whose address
+ * MASQUERADE takes; a new flow from natural_src (the address the kernel picks for this
+ * interface: an endpoint's gateway) is left alone: for it no rule can change what the
+ * receiver sees except an SNAT to another address, which dockline does not judge there. */
+static __always_inline int nat_egress(dl_ctx *ctx, __u32 local_out, __u32 logical_oif, __be32 natural_src,
+				      __u32 *code)
 {
 	__u32 ifindex = ctx->ifindex, from = ctx->ingress_ifindex;   /* read once: clang may
 	                                                              * otherwise keep a modified ctx
@@ -398,7 +403,19 @@ static __always_inline int nat_egress(dl_ctx *ctx, __u32 local_out, __u32 *code)
 	e = ct.lookup(&p.key);
 	if (!e) {
 		/* ingress_ifindex 0: made by this host, not forwarded (our redirects keep theirs) */
+		__be32 want = 0;
+
 		if (!local_out || from || !p.has_l4 || !is_local_addr(p.key.saddr))
+			return NAT_DECLINE;
+		{
+			/* a socket the socket layer translated but could not give its source */
+			__u64 cookie = bpf_get_socket_cookie(ctx);
+			struct sock_xlate *x = sock_xlate.lookup(&cookie);
+			if (x && x->want_saddr && x->want_saddr != p.key.saddr &&
+			    x->nat_addr == p.key.daddr && x->nat_port == p.key.dport)
+				want = x->want_saddr;
+		}
+		if (!want && p.key.saddr == natural_src)
 			return NAT_DECLINE;
 		s = scratch();
 		if (!s)
@@ -422,26 +439,20 @@ static __always_inline int nat_egress(dl_ctx *ctx, __u32 local_out, __u32 *code)
 		}
 		__builtin_memset(&s->r, 0, sizeof(s->r));
 		s->r.kind = ROUTE_STACK;
-		s->r.oif = ifindex;
+		s->r.oif = logical_oif ? logical_oif : ifindex;
 		__builtin_memset(&s->m, 0, sizeof(s->m));
 		s->m.l4 = p.key.proto == IPPROTO_TCP || p.key.proto == IPPROTO_UDP;
 		if (s->m.l4) {
 			s->m.sport = bpf_ntohs(p.key.sport);
 			s->m.dport = bpf_ntohs(p.key.dport);
 		}
-		if (local_out == NAT_ORIGIN_LOOPBACK) {
-			/* a socket the socket layer REDIRECTed but could not give its source */
-			__u64 cookie = bpf_get_socket_cookie(ctx);
-			struct sock_xlate *x = sock_xlate.lookup(&cookie);
-			if (x && x->want_saddr && x->want_saddr != p.key.saddr &&
-			    x->nat_addr == p.key.daddr && x->nat_port == p.key.dport) {
-				s->ts = x->want_saddr;
-				s->kind = CT_K_SNAT;
-			}
+		if (want) {
+			s->ts = want;
+			s->kind = CT_K_SNAT;
 		}
 		s->m.saddr = s->ts;          /* POSTROUTING sees the source iptables would have */
 		s->m.daddr = p.key.daddr;
-		s->m.oif = ifindex;
+		s->m.oif = s->r.oif;
 		s->m.proto = p.key.proto;
 		s->m.src_local = 1;
 		s->m.dst_local = is_local_addr(p.key.daddr);

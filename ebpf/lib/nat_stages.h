@@ -269,10 +269,11 @@ static __always_inline int nat_stage_commit(dl_ctx *ctx)
 		if (!s->ts)
 			return finish(ctx, s, DROP_NAT_NO_ADDR, CTX_ACT_SHOT);
 		s->kind |= CT_K_SNAT;
-		/* the host's own socket holds its original tuple: that one is not a collision */
+		/* the host's own socket holds its original tuple, or its port on every address (bound
+		 * to 0.0.0.0:port): that one is not a collision */
 		check_host = is_local_addr(s->ts) &&
 			     !((s->origin == NAT_ORIGIN_LOCAL_OUT || s->origin == NAT_ORIGIN_LOOPBACK) &&
-			       s->ts == p.key.saddr);
+			       (s->ts == p.key.saddr || s->tsp == p.key.sport));
 	}
 	if (!s->kind)
 		return declined(ctx, s);

@@ -249,9 +249,13 @@ struct sock_xlate {
 	__be32 nat_addr;
 	__be16 orig_port;
 	__be16 nat_port;
-	__be32 want_saddr;  /* 0, or the source iptables would have kept: a REDIRECTed socket already
-	                     * bound to a port (not an address) gets 127.0.0.1 from the kernel, and
-	                     * tc_loopback gives its flow this source instead */
+	__be32 want_saddr;  /* 0, or the source iptables would have kept: a translated socket already
+	                     * bound to a port (not an address) gets the kernel's pick for the new
+	                     * destination (127.0.0.1, the bridge's address), and the TC program
+	                     * where the flow leaves gives it this source instead */
+	__be32 sock_saddr;  /* 0, or the address getsockname() reports (the source iptables would
+	                     * have given the socket: want_saddr, or 127.0.0.1 for a DNAT of loopback,
+	                     * whose packets leave from the kernel's pick as masquerade would make them) */
 };
 
 #endif

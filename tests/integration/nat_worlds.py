@@ -94,9 +94,7 @@ def control_plane_nat(bridge: str) -> tuple[list[str], list[str]]:
     ``listed``: chains DOCKLINE and DOCKLINE-POSTROUTING plus the jumps, in the order dockline
     lists them with ``iptables -S``. ``implicit``: what dockline's datapath does without listing
     it, written the way Docker (and dockline's kernel backend) write it: the per-port hairpin
-    MASQUERADE (a container reaching its own published port gets its gateway as source), and the
-    ``--src-type LOCAL`` MASQUERADE for host connections DNATed onto the bridge (dockline
-    translates those at the socket layer, so the kernel picks the bridge address)."""
+    MASQUERADE (a container reaching its own published port gets its gateway as source)."""
     dn_br, _, dn_sub = DEFAULT_NET
     ips = {"c1": C1, "c2": C2}
     listed = ["-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKLINE",
@@ -105,10 +103,11 @@ def control_plane_nat(bridge: str) -> tuple[list[str], list[str]]:
     listed += [f"-A DOCKLINE -p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {ips[ep]}:{cp}"
                for proto, hp, ep, cp in PUBLISHED]
     listed += [f"-A DOCKLINE-POSTROUTING -s {dn_sub} ! -o {dn_br} -j MASQUERADE",
-               f"-A DOCKLINE-POSTROUTING -s {SUBNET} ! -o {bridge} -j MASQUERADE"]
+               f"-A DOCKLINE-POSTROUTING -o {dn_br} -m addrtype --src-type LOCAL -j MASQUERADE",
+               f"-A DOCKLINE-POSTROUTING -s {SUBNET} ! -o {bridge} -j MASQUERADE",
+               f"-A DOCKLINE-POSTROUTING -o {bridge} -m addrtype --src-type LOCAL -j MASQUERADE"]
     implicit = [f"-A DOCKLINE-POSTROUTING -s {ips[ep]}/32 -d {ips[ep]}/32 -p {proto} -m {proto} "
                 f"--dport {cp} -j MASQUERADE" for proto, hp, ep, cp in PUBLISHED]
-    implicit += [f"-A DOCKLINE-POSTROUTING -o {bridge} -m addrtype --src-type LOCAL -j MASQUERADE"]
     return listed, implicit
 
 

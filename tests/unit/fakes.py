@@ -92,6 +92,7 @@ class FakeDatapath(Datapath):
 
     def refresh_interfaces(self):
         self.faults.step("refresh_interfaces")
+        return False
 
     def finish_removals(self):
         self.faults.step("finish_removals")

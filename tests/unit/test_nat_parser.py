@@ -44,6 +44,12 @@ COMMIT
 -A POSTROUTING ! -o lo -p icmp -j MASQUERADE
 COMMIT
 """,
+    "wildcards": HEAD + """-A PREROUTING -i eth+ -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2
+-A PREROUTING ! -i br+ -j ACCEPT
+-A POSTROUTING -o e+th -j MASQUERADE
+-A POSTROUTING -s 10.0.0.0/8 ! -o wl+ -j MASQUERADE
+COMMIT
+""",
     "ranges": HEAD + """-A PREROUTING -p tcp -m tcp --dport 1000:1099 -j DNAT --to-destination 10.0.0.2-10.0.0.5:2000-2099/1000
 -A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination :8080-8089
 -A PREROUTING -p udp -j DNAT --to-destination :5000-5099/7
@@ -108,6 +114,7 @@ COMMIT
 
 #: Non-canonical inputs that iptables accepts, and what iptables-save prints for them.
 MESSY = {
+    "-i + -j ACCEPT": "-j ACCEPT",                    # every interface: iptables drops the match
     "-p tcp -j DNAT --to-destination 10.0.0.7-10.0.0.7": "-p tcp -j DNAT --to-destination 10.0.0.7",
     "-p 6 --dport 5 -j ACCEPT": "-p tcp -m tcp --dport 5 -j ACCEPT",
     "-p TCP --dport 5": "-p tcp -m tcp --dport 5",
@@ -186,8 +193,8 @@ UNSUPPORTED = [
     ("-m addrtype --src-type LOCAL,UNICAST -j ACCEPT", 'unsupported address type "LOCAL,UNICAST" in -m addrtype --src-type'),
     ("-m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT", 'unsupported option "--limit-iface-in" for match addrtype'),
     ("-m addrtype --dst-type LOCAL --limit-iface-out -j ACCEPT", 'unsupported option "--limit-iface-out" for match addrtype'),
-    ("-i eth+ -j ACCEPT", 'unsupported interface wildcard "eth+" in -i'),
-    ("-o + -j ACCEPT", 'unsupported interface wildcard "+" in -o'),
+    ("! -i + -j ACCEPT", '"! -i +" would never match'),
+    ("-o abcdefghijklmno+ -j ACCEPT", 'bad interface name "abcdefghijklmno+" in -o (at most 15 characters)'),
     ("-p sctp -j ACCEPT", 'unsupported protocol "sctp" in -p'),
     ("-p gre -j ACCEPT", 'unsupported protocol "gre" in -p'),
     ("-p 47 -j ACCEPT", 'unsupported protocol "47" in -p'),
@@ -336,8 +343,8 @@ def test_bare_port_match_is_kept_apart_from_no_match():
     (dict(dport=PortRange(80, 80)), "--dport needs -p tcp or -p udp"),
     (dict(proto="icmp", mdports=(PortRange(1, 1),)), "-m multiport --dports needs -p tcp or -p udp"),
     (dict(src_neg=True), '"! -s" needs a value'),
-    (dict(in_iface="eth+"), 'unsupported interface wildcard "eth+" in -i'),
-    (dict(target="DNAT"), "DNAT needs --to-destination with an address"),
+    (dict(in_iface="+", in_neg=True), '"! -i +" would never match'),
+    (dict(target="DNAT"), "DNAT needs --to-destination with an address or ports"),
     (dict(target="MASQUERADE", to_addr="1.2.3.4"), "a translation address needs -j DNAT or -j SNAT"),
     (dict(target="ACCEPT", to_ports=PortRange(1, 1)), "translation ports need -j DNAT, SNAT, MASQUERADE or REDIRECT"),
     (dict(target="LOG"), 'unsupported target "-j LOG"'),
