@@ -277,3 +277,42 @@ def test_iptables_restore_and_save_drop_ins(nat_host, tmp_path):
     assert real.returncode == 0, real.stderr
     assert tool(h, "iptables-restore", stdin=r.stdout).returncode == 0
     assert save(h) == before
+
+
+def test_interface_wildcards_and_interfaces_that_appear_later(nat_host):
+    """-i PREFIX+ matches by prefix, as iptables does; a rule naming an interface that does not
+    exist yet (exactly or by prefix) starts to match when it appears, and stops when it goes."""
+    from dockline.control.netlink import netns
+    from dockline.control.sim.nstools import link_namespaces, sh
+    h = nat_host
+    late_ns = f"{h.tag}-late"
+    text = ("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+            f"-A PREROUTING -i upl+ -p tcp -m tcp --dport 9500 -j DNAT --to-destination {h.web_ip}:80\n"
+            f"-A PREROUTING ! -i upl+ -p tcp -m tcp --dport 9501 -j DNAT --to-destination {h.web_ip}:80\n"
+            f"-A PREROUTING -i late0 -p tcp -m tcp --dport 9502 -j DNAT --to-destination {h.web_ip}:81\n"
+            f"-A PREROUTING -i lat+ -p tcp -m tcp --dport 9503 -j DNAT --to-destination {h.web_ip}:80\nCOMMIT\n")
+    assert nat_import(h, text).returncode == 0
+    assert request(h.out_ns, HOST_IP, 9500) is not None          # uplink0 is upl+
+    assert request(h.out_ns, HOST_IP, 9501, timeout=1) is None   # ... so ! -i upl+ is not
+    try:
+        netns.ensure_netns(late_ns)
+        link_namespaces(h.host_ns, "late0", "198.19.5.1/24", late_ns, "l0", "198.19.5.2/24")
+
+        def late(port):
+            return request(late_ns, "198.19.5.1", port, timeout=1)
+        deadline = time.monotonic() + 10
+        while late(9502) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert late(9502) is not None                             # -i late0: it exists now
+        assert late(9503) is not None                             # -i lat+
+        assert late(9501) is not None                             # ! -i upl+
+        assert late(9500) is None                                 # -i upl+ is not late0
+        sh(h.host_ns, "ip", "link", "set", "late0", "name", "other0", check=True)
+        sh(h.host_ns, "ip", "link", "set", "other0", "up", check=True)
+        deadline = time.monotonic() + 10
+        while late(9502) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert late(9502) is None and late(9503) is None          # renamed: neither names it now
+        assert late(9501) is not None
+    finally:
+        netns.remove_netns(late_ns)

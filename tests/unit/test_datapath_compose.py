@@ -69,6 +69,7 @@ def test_macvlan_networks_get_no_nat_and_no_iptables_chains():
     mv = Network(id="m" * 64, name="mv", driver="macvlan", subnet="10.2.0.0/24", gateway="10.2.0.1",
                  options={"parent": "eth1", "macvlan_mode": "bridge"})
     post = control_plane_chains([br, mv]).chains["DOCKLINE-POSTROUTING"]
-    assert [str(r.src) for r in post] == ["10.1.0.0/24"]
+    assert [r.to_text() for r in post] == ["-s 10.1.0.0/24 ! -o dl-bbbbbbbbbbbb -j MASQUERADE",
+                                           "-o dl-bbbbbbbbbbbb -m addrtype --src-type LOCAL -j MASQUERADE"]
     text = iptables_rules.render([br, mv], [])
     assert "10.1.0.0/24" in text and "10.2.0.0/24" not in text
