@@ -23,7 +23,7 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
               metrics: list[str] | None = None, candidates: list[str] | None = None, baseline: str = "auto",
               check: str | None = None, tolerance: float | None = None, write_baseline: str | None = None,
               inject_slowdown: float = 0.0, as_json: bool = False, macvlan: bool = False,
-              endpoints: int = 0, nat_box: str | None = None) -> int:
+              endpoints: int = 0, nat_box: str | None = None, host_local: bool = False) -> int:
     console = Console(stderr=True)
     unknown = sorted(set(metrics or ()) - set(known_metric_ids()))
     if unknown:   # a typo must not quietly measure nothing
@@ -43,6 +43,9 @@ def run_bench(out: str, quick: bool = False, rounds: int | None = None, duration
         from . import nat_box as box
         counts = tuple(int(x) for x in nat_box.split(","))
         results["nat_box"] = box.measure(counts, rounds=settings.rounds, duration=settings.duration, console=console)
+    if host_local:
+        from . import host_local as hl
+        results["host_local"] = hl.measure(rounds=max(4, settings.rounds), duration=settings.duration, console=console)
     outdir = Path(out)
     files = report.write(results, outdir)
     console.print(f"report: {files['markdown']}  data: {files['json']}  plots: "

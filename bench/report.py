@@ -163,6 +163,8 @@ def markdown(results: dict) -> str:
     lines += endpoint_table(results)
     from .nat_box import table as nat_box_table
     lines += nat_box_table(results)
+    from .host_local import table as host_local_table
+    lines += host_local_table(results)
     lines += mappings_table(results)
     names = list(t)
     lines += ["", "## Absolute numbers (medians; they depend on this machine, compare only within a run)", "",

@@ -50,7 +50,7 @@ def cmd_bench(a):
     return run_bench(a.out, quick=a.quick, rounds=a.rounds, duration=a.duration, metrics=a.metric,
                      candidates=a.datapath, baseline=a.baseline, check=a.check, tolerance=a.tolerance,
                      write_baseline=a.write_baseline, inject_slowdown=a.inject_slowdown, as_json=a.json,
-                     macvlan=a.macvlan, endpoints=a.endpoints, nat_box=a.nat_box)
+                     macvlan=a.macvlan, endpoints=a.endpoints, nat_box=a.nat_box, host_local=a.host_local)
 
 
 def cmd_info(a, c):
@@ -399,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nat-box", nargs="?", const="1,1000,10000,100000", default=None, metavar="COUNTS",
                    help="add the NAT-box row: new connections/s through the host with this many nat rules "
                         "(comma-separated; default 1,1000,10000,100000), eBPF against iptables-nft")
+    b.add_argument("--host-local", action="store_true",
+                   help="add the host-local row (P11): RR, CRR and TCP over 127.0.0.1 on a dockline host "
+                        "against a plain netns with no dockline on the machine")
     b.add_argument("--endpoints", type=int, default=0, metavar="N",
                    help="add the endpoint-cost row: create+rm with 0 and with N endpoints present, and the "
                         "reset of N, per candidate (N = 1000 takes a few minutes per candidate)")

@@ -817,4 +817,6 @@ class EbpfNat(NatEngine):
                 "uplink_xdp": self.uplink_xdp or "off",
                 "xdp": {"attached": dict(self.xdp_attached), "tc_only": dict(self.xdp_declined)},
                 "uplinks": self.uplinks, "nat": self.last_nat_apply,
-                "nat_interfaces": self.interfaces.view() if self.interfaces else {}}
+                "nat_interfaces": self.interfaces.view() if self.interfaces else {},
+                "host_local_nat": ("tc_loopback on lo egress (a POSTROUTING rule could match host-local traffic)"
+                                   if self._loopback_attached else "none")}
