@@ -37,7 +37,7 @@ from .. import protocols
 from ..errors import DatapathError
 from ..nat import compiler as nat_compiler
 from ..nat.managed import exact_entry, exact_key, ip_of, merged_identity, merged_rules, published_ports
-from ..nat.reach import bridged_nat_bridges, loopback_may_translate
+from ..nat.reach import bridged_nat_bridges, loopback_may_translate, loopback_sources
 from ..nat import wildcards
 from ..nat.rules import Ruleset, iface_matches, is_iface_wildcard
 from ..netlink import links
@@ -626,6 +626,11 @@ class EbpfNat(NatEngine):
             return
         self._loopback_key = key
         want = loopback_may_translate(rs, self._local_prefixes)
+        if want:
+            srcs = loopback_sources(rs, self._local_prefixes)
+            want_srcs = {(0, 0)} if srcs is None else {(n.prefixlen, S.be32(str(n.network_address))) for n in srcs}
+            self._sync_set(self.maps["loopback_srcs"], want_srcs, lambda k: (k.prefixlen, k.addr),
+                           lambda t: S.SubnetKey(t[0], t[1]))
         if want == self._loopback_attached:
             return
         if want:

@@ -114,6 +114,7 @@ MAPS: tuple[MapSpec, ...] = (
     MapSpec("nat_ifaddr", "nat_ifaddr", "hash", "__u32", "__be32"),
     MapSpec("local_addrs", "local_addrs", "lpm_trie", "struct subnet_key", "__u8"),
     MapSpec("route_src", "route_src", "lpm_trie", "struct subnet_key", "__be32"),
+    MapSpec("loopback_srcs", "loopback_srcs", "lpm_trie", "struct subnet_key", "__u8"),
     MapSpec("frag_ports", "frag_ports", "lru_hash", "struct frag_key", "struct frag_ports"),
     MapSpec("sock_xlate", "sock_xlate", "lru_hash", "__u64", "struct sock_xlate"),
     MapSpec("nat_counters", "nat_counters", "percpu_array", "__u32", "__u64"),

@@ -104,6 +104,39 @@ def bridged_nat_bridges(rs: Ruleset, networks) -> set[str]:
     return out
 
 
+def _translating_sources(rs: Ruleset, chain: str, cls: PacketClass, targets, seen: set, out: list) -> bool:
+    """Collect into ``out`` the ``-s`` prefix of every rule with one of ``targets`` that may
+    decide for ``cls`` from ``chain``; False as soon as one has no positive ``-s`` (any source)."""
+    if chain in seen:
+        return True
+    seen.add(chain)
+    for rule in rs.chains.get(chain, []):
+        if not may_match(rule, cls):
+            continue
+        if rule.target in targets:
+            if rule.src is None or rule.src_neg:
+                return False
+            out.append(rule.src)
+        elif rule.target in rs.chains and not _translating_sources(rs, rule.target, cls, targets, seen, out):
+            return False
+    return True
+
+
+def loopback_sources(rs: Ruleset, local_addrs) -> tuple[ipaddress.IPv4Network, ...] | None:
+    """The source prefixes of the POSTROUTING rules that could translate host-local traffic, or
+    None if one could translate any source (or OUTPUT could REDIRECT it: its source fix needs
+    every flow). A host-local flow neither of whose addresses is in them cannot be translated
+    in either direction, so the loopback program need not track it (tc_loopback.c)."""
+    where = tuple(ipaddress.IPv4Network(a) for a in local_addrs) or (ipaddress.IPv4Network("127.0.0.0/8"),)
+    if may_translate(rs, PacketClass(("OUTPUT",), "lo", where, where, local=True, distinct=False), targets={"REDIRECT"}):
+        return None
+    out: list = []
+    cls = PacketClass(("POSTROUTING",), "lo", where, where, local=True, distinct=False)
+    if not _translating_sources(rs, "POSTROUTING", cls, TRANSLATING, set(), out):
+        return None
+    return tuple(dict.fromkeys(out))
+
+
 def loopback_may_translate(rs: Ruleset, local_addrs) -> bool:
     """Does host-local traffic (``-o lo``, both addresses among ``local_addrs``, the host's local
     prefixes) need the loopback program: could POSTROUTING translate it, or OUTPUT REDIRECT it

@@ -52,6 +52,9 @@
 #ifndef MAX_NAT_IFADDRS
 #define MAX_NAT_IFADDRS 1024       /* interfaces with an address MASQUERADE/REDIRECT may use */
 #endif
+#ifndef MAX_LOOPBACK_SRCS
+#define MAX_LOOPBACK_SRCS 1024     /* source prefixes of the POSTROUTING rules host-local traffic may meet */
+#endif
 #ifndef MAX_ROUTE_SRC
 #define MAX_ROUTE_SRC 4096         /* prefixes of the main routing table with the source the kernel picks */
 #endif

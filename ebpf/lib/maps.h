@@ -56,6 +56,11 @@ BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __u8, local_addrs, MAX_LOCAL_AD
  * them (control/netlink/source_choice.py): the socket layer binds an OUTPUT-DNATed socket to it */
 BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __be32, route_src, MAX_ROUTE_SRC,
 		  PIN_DIR "/route_src", BPF_F_NO_PREALLOC);
+/* the source prefixes of the POSTROUTING rules that could translate host-local traffic
+ * (control/nat/reach.py loopback_sources; 0.0.0.0/0 when any source could be): tc_loopback
+ * starts tracking only flows with an address among them */
+BPF_TABLE_PINNED7("lpm_trie", struct subnet_key, __u8, loopback_srcs, MAX_LOOPBACK_SRCS,
+		  PIN_DIR "/loopback_srcs", BPF_F_NO_PREALLOC);
 /* ports of fragmented datagrams, from their first fragment */
 BPF_TABLE_PINNED("lru_hash", struct frag_key, struct frag_ports, frag_ports, MAX_FRAGS,
 		 PIN_DIR "/frag_ports");

@@ -191,7 +191,18 @@ class Maps:
         prog = compile_ruleset(rs, ifindex, managed=managed)
         nat.apply(prog, netns_cookie, port_min, port_max)
         nat.sync_hairpin_targets({(ip, cport, proto) for (_, _, proto), (ip, cport) in (published or {}).items()})
+        self.sync_loopback_sources(rs)
         return prog
+
+    def sync_loopback_sources(self, rs) -> None:
+        """loopback_srcs as the agent writes it (control/datapath/ebpf.py _sync_loopback_nat)."""
+        from dockline.control.nat.reach import loopback_sources
+        local = [f"{S.ip_text(k.addr)}/{k.prefixlen}" for k in self.local_addrs.keys()]
+        srcs = loopback_sources(rs, local)
+        for k in self.loopback_srcs.keys():
+            self.loopback_srcs.delete(k)
+        for n in ([ipaddress.IPv4Network("0.0.0.0/0")] if srcs is None else srcs):
+            self.loopback_srcs.update(S.SubnetKey(n.prefixlen, S.be32(str(n.network_address))), ctypes.c_uint8(1))
 
     # -- reads (per-CPU values summed)
     def verdict(self, code: int) -> tuple[int, int]:

@@ -58,3 +58,17 @@ def test_untranslated_host_flow_is_tracked_once(world):
     answer = on_lo("127.0.0.1", "127.0.0.1", UDP(sport=53, dport=40000) / Raw(b"a"))
     assert world.loopback(bytes(answer)) == (TC_ACT_OK, bytes(answer))     # not masqueraded
     assert world.maps.nat_counter_table() == {}
+
+
+def test_flows_no_rule_can_translate_are_not_tracked(world):
+    """Docker's "-s <subnet> ! -o <bridge> -j MASQUERADE" can translate host-local traffic only
+    from (or, for the reply, to) an address in the subnet: a 127.0.0.1 flow is neither judged
+    nor tracked (loopback_srcs), while one from the gateway address still is."""
+    world.rules(MASQ)
+    world.maps.set_ifaddr(LO, HOST_IP)
+    q = on_lo("127.0.0.1", "127.0.0.1", TCP(sport=40001, dport=8080, flags="S"))
+    assert world.loopback(bytes(q)) == (TC_ACT_OK, bytes(q))
+    assert ct_tuples(world.maps) == {}
+    back = on_lo(HOST_IP, GW_N, TCP(sport=8080, dport=40002, flags="SA"))   # to the gateway: judged
+    world.loopback(bytes(back))
+    assert Tuple(HOST_IP, GW_N, 8080, 40002, TCP_P) in ct_tuples(world.maps)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dockline.control.nat.reach import bridged_nat_bridges, loopback_may_translate
+from dockline.control.nat.reach import bridged_nat_bridges, loopback_may_translate, loopback_sources
 from dockline.control.nat.parser import parse_save
 
 NETS = [SimpleNamespace(bridge="br-a", subnet="10.1.0.0/24"), SimpleNamespace(bridge="br-b", subnet="10.2.0.0/24")]
@@ -75,3 +75,18 @@ LOCAL = ["198.18.0.1/32", "10.1.0.1/32", "10.2.0.1/32", "127.0.0.0/8"]
         "output-redirect", "output-redirect-elsewhere", "output-dnat", "empty"])
 def test_loopback_may_translate(body, want):
     assert loopback_may_translate(_rs(body), LOCAL) == want
+
+
+@pytest.mark.parametrize("body, want", [
+    (DOCKER, ("10.1.0.0/24", "10.2.0.0/24")),                              # gateways, never 127.0.0.1
+    ("-A POSTROUTING -o lo -j SNAT --to-source 10.1.0.1\n", None),        # any source
+    ("-A POSTROUTING ! -s 0.0.0.0/1 -j MASQUERADE\n", None),              # a negated source: any
+    ("-A OUTPUT -d 198.18.0.1/32 -p tcp -m tcp --dport 7778 -j REDIRECT --to-ports 7070\n", None),
+    (":U - [0:0]\n-A POSTROUTING -s 10.1.0.0/25 -j U\n-A U -s 10.1.0.0/26 -j MASQUERADE\n"
+     "-A U -s 127.0.0.2/32 -j MASQUERADE\n", ("10.1.0.0/26", "127.0.0.2/32")),
+    (":U - [0:0]\n-A POSTROUTING -j U\n-A U -j MASQUERADE\n", None),
+    ("", ()),
+], ids=["docker", "o-lo", "neg-src", "output-redirect", "chain", "chain-any", "empty"])
+def test_loopback_sources(body, want):
+    got = loopback_sources(_rs(body), LOCAL)
+    assert (None if got is None else tuple(str(n) for n in got)) == want
