@@ -40,6 +40,7 @@ OPS = {
     "exec_info": ("endpoints", "exec_info"),
     "nat_iptables": ("nat", "iptables"), "nat_import": ("nat", "import_"), "nat_save": ("nat", "save"),
     "nat_restore": ("nat", "restore"),
+    "publish": ("endpoints", "publish"), "unpublish": ("endpoints", "unpublish"),
     "conntrack": ("nat", "conntrack"), "conntrack_gc": ("nat", "gc"),
 }
 

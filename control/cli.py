@@ -186,6 +186,19 @@ def cmd_port(a, c):
         print(f"{p['container_port']}/{p['proto']} -> {p['host_ip']}:{p['host_port']}")
 
 
+def cmd_publish(a, c):
+    r = c.call("publish", ref=a.name, ports=a.ports)
+    if a.json:
+        return output.emit_json(r)
+    for p in r["added"]:
+        print(f"{p['container_port']}/{p['proto']} -> {p['host_ip']}:{p['host_port']}")
+
+
+def cmd_unpublish(a, c):
+    r = c.call("unpublish", ref=a.name, ports=a.ports)
+    output.emit_json(r) if a.json else print(f"unpublished {r['removed']} port(s)")
+
+
 def cmd_exec(a, c):
     info = c.call("exec_info", ref=a.name)
     argv = _netns_argv({"netns_name": info["netns_name"], "netns_path": info["netns_path"],
@@ -472,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("port", parents=[common], help="list an endpoint's published ports")
     x.add_argument("name")
     x.set_defaults(func=cmd_port)
+    x = sub.add_parser("publish", parents=[common], help="publish more ports on a running endpoint (-p syntax)")
+    x.add_argument("name")
+    x.add_argument("ports", nargs="+", metavar="PORT", help="[hostip:][hostport:]port[/proto], ranges allowed")
+    x.set_defaults(func=cmd_publish)
+    x = sub.add_parser("unpublish", parents=[common], help="withdraw published ports of a running endpoint")
+    x.add_argument("name")
+    x.add_argument("ports", nargs="+", metavar="PORT", help="[hostip:]hostport:port[/proto]")
+    x.set_defaults(func=cmd_unpublish)
     x = sub.add_parser("exec", parents=[common], help="run a command inside an endpoint's netns")
     x.add_argument("name")
     x.add_argument("command", nargs=argparse.REMAINDER)

@@ -78,6 +78,84 @@ class EndpointService:
         with self.ctx.store.transaction() as tx:
             return [p.to_dict() for p in tx.ports(find_endpoint(tx, ref).id)]
 
+    # ------------------------------------------------------------------ ports of a running endpoint
+    def publish(self, ref: str, ports: list[str]) -> dict:
+        """Publish more ports (``-p`` syntax) on a running endpoint, without touching the rest
+        of it: the new mappings are stored, then only their entries are written to the datapath
+        (PortChanges). A failure there removes them again. Returns the mappings added."""
+        specs = [m for p in (ports or []) for m in parse_port_spec(p)]
+        if not specs:
+            raise InvalidArgument("no port to publish (give one or more -p specs: [hostip:]hostport:port[/proto])")
+        ctx = self.ctx
+        with ctx.lock:
+            with ctx.store.transaction() as tx:
+                ep = find_endpoint(tx, ref)
+                att, net = self._port_carrier(tx, ep)
+                added = addressing.publish_records(tx, ep, net, specs)
+            specs = None
+            try:
+                ctx.datapath.sync_policy(ctx.snapshot(), PortChanges(att.ip, added))
+            except BaseException:
+                self._drop_ports(ep, set(added))
+                # the whole state (PortChanges.removed would also drop hairpin targets that
+                # ports of this endpoint still have)
+                ctx.datapath.sync_policy(ctx.snapshot(), None)
+                raise
+            log.info("endpoint %s: published %d more port(s)", ep.name, len(added))
+            return {"added": [dict(proto=p, host_ip=h, host_port=hp, container_port=cp) for p, h, hp, cp in added]}
+
+    def unpublish(self, ref: str, ports: list[str]) -> dict:
+        """Withdraw published ports of a running endpoint (``-p`` syntax, host port required); a
+        port it does not publish is an error and nothing changes."""
+        specs = [m for p in (ports or []) for m in parse_port_spec(p)]
+        if not specs:
+            raise InvalidArgument("no port to unpublish")
+        if any(s[2] is None for s in specs):
+            raise InvalidArgument("unpublish needs the host port (hostport:port[/proto])")
+        ctx = self.ctx
+        with ctx.lock:
+            with ctx.store.transaction() as tx:
+                ep = find_endpoint(tx, ref)
+                att, _ = self._port_carrier(tx, ep)
+                have = {(p.proto, p.host_ip, p.host_port, p.container_port) for p in tx.ports(ep.id)}
+            want = set(specs)
+            missing = sorted(want - have)
+            if missing:
+                proto, host_ip, host_port, cport = missing[0]
+                raise NotFound(f"endpoint {ep.name} does not publish {host_ip}:{host_port}:{cport}/{proto}")
+            self._drop_ports(ep, want)
+            try:
+                # the whole state: PortChanges.removed means every port of the endpoint's address
+                # goes (its hairpin targets with them), which is not so here
+                ctx.datapath.sync_policy(ctx.snapshot(), None)
+            except BaseException:
+                with ctx.store.transaction() as tx:
+                    tx.put_ports((ep.id, *spec) for spec in sorted(want))
+                ctx.datapath.sync_policy(ctx.snapshot(), None)
+                raise
+            log.info("endpoint %s: unpublished %d port(s)", ep.name, len(want))
+            return {"removed": len(want)}
+
+    def _port_carrier(self, tx, ep: Endpoint):
+        """The attachment (and its network) published ports land on, as port_target picks it."""
+        nets = {n.id: n for n in tx.networks()}
+        for a in sorted(tx.attachments(ep_id=ep.id), key=lambda a: a.index):
+            net = nets[a.network_id]
+            if not net.internal and driver_class(net.driver).publishes_ports:
+                return a, net
+        raise NotSupported(f"endpoint {ep.name} has no network that can publish ports "
+                           "(bridge networks that are not internal can)")
+
+    def _drop_ports(self, ep: Endpoint, gone: set) -> None:
+        """Remove the mappings ``gone`` ((proto, host_ip, host_port, container_port)) of ``ep``
+        from the store, keeping its others (one transaction)."""
+        with self.ctx.store.transaction() as tx:
+            keep = [(p.endpoint_id, p.proto, p.host_ip, p.host_port, p.container_port) for p in tx.ports(ep.id)
+                    if (p.proto, p.host_ip, p.host_port, p.container_port) not in gone]
+            tx.delete_ports(ep.id)
+            if keep:
+                tx.put_ports(keep)
+
     def exec_info(self, ref: str) -> dict:
         """What the CLI needs to run a command inside the endpoint."""
         with self.ctx.store.transaction() as tx:

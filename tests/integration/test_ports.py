@@ -107,3 +107,27 @@ def test_egress_is_masqueraded_to_the_host_address(host):
             assert src(request(host.ep_ns("a"), OUTSIDE_IP, 5555, proto)) == HOST_IP
         finally:
             s.close()
+
+
+def test_publish_and_unpublish_on_a_running_endpoint(host, web):
+    """``dockline publish``/``unpublish``: ports come and go on a running endpoint, the others
+    (sharing its container port 80) keep working, hairpin included; bad input changes nothing."""
+    assert request(host.out_ns, HOST_IP, 8090, timeout=1) is None
+    r = host.cli("publish", "web", "8090:80", "8091-8092:81-82")
+    assert r.returncode == 0, r.stderr
+    assert "80/tcp -> 0.0.0.0:8090" in r.stdout
+    for port in (8090, 8091, 8092):
+        assert src(request(host.out_ns, HOST_IP, port)) == OUTSIDE_IP
+    assert src(request(host.ep_ns("web"), HOST_IP, 8090)) != web["web"]      # hairpin to itself: masqueraded
+    r = host.cli("publish", "web", "8080:82")
+    assert r.returncode == 4 and "port is already allocated" in r.stderr     # Conflict
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = host.cli("unpublish", "web", "8090:80")
+    assert r.returncode == 0, r.stderr
+    assert request(host.out_ns, HOST_IP, 8090, timeout=1) is None
+    assert src(request(host.out_ns, HOST_IP, 8080)) == OUTSIDE_IP            # same container port: kept
+    assert src(request(host.ep_ns("web"), HOST_IP, 8080)) != web["web"]
+    r = host.cli("unpublish", "web", "8090:80")
+    assert r.returncode != 0 and "does not publish" in r.stderr
+    ports = {(p["host_port"], p["container_port"]) for p in host.call("port", ref="web")}
+    assert ports == {(8080, 80), (8053, 53), (7000, 81), (7001, 82), (9090, 80), (8091, 81), (8092, 82)}

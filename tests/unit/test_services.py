@@ -116,6 +116,37 @@ def test_nat_import_refuses_managed_chains_and_keeps_the_old_rules(tmp_path):
     assert svc.nat.save()["text"] == before
 
 
+def test_publish_and_unpublish_on_a_running_endpoint(tmp_path):
+    svc, _ = build(tmp_path)
+    setup_world(svc)
+    got = svc.endpoints.publish("web", ["9000:90", "127.0.0.1:9001:91/udp"])
+    assert got["added"] == [dict(proto="tcp", host_ip="0.0.0.0", host_port=9000, container_port=90),
+                            dict(proto="udp", host_ip="127.0.0.1", host_port=9001, container_port=91)]
+    have = {(p["proto"], p["host_port"], p["container_port"]) for p in svc.endpoints.port("web")}
+    assert have == {("tcp", 8080, 80), ("udp", 5353, 53), ("tcp", 9000, 90), ("udp", 9001, 91)}
+    assert svc.endpoints.unpublish("web", ["9000:90"]) == {"removed": 1}
+    have = {(p["proto"], p["host_port"]) for p in svc.endpoints.port("web")}
+    assert have == {("tcp", 8080), ("udp", 5353), ("udp", 9001)}
+
+
+@pytest.mark.parametrize("op,args,error,message", [
+    ("publish", ("web", ["8080:81"]), Conflict, "0.0.0.0:8080/tcp failed: port is already allocated"),
+    ("publish", ("db", ["9000:80", "9000:81"]), Conflict, "0.0.0.0:9000/tcp failed: port is already allocated"),
+    ("publish", ("web", []), InvalidArgument, "no port to publish"),
+    ("publish", ("web", ["99999:80"]), InvalidArgument, "99999"),
+    ("unpublish", ("web", ["8080:81"]), Exception, "does not publish 0.0.0.0:8080:81/tcp"),
+    ("unpublish", ("web", ["80"]), InvalidArgument, "needs the host port"),
+])
+def test_publish_bad_input_changes_nothing(tmp_path, op, args, error, message):
+    svc, _ = build(tmp_path)
+    setup_world(svc)
+    before = world(svc)
+    with pytest.raises(error) as e:
+        getattr(svc.endpoints, op)(*args)
+    assert message in e.value.message
+    assert world(svc) == before
+
+
 # ---------------------------------------------------------------------- injected failures
 def _no_prep(s):
     pass
@@ -132,6 +163,8 @@ OPERATIONS = {
                                                                        netns_spec="/proc/4242/ns/net")),
     "connect": (_no_prep, lambda s: s.endpoints.connect("front", "db", ip="10.20.0.77", aliases=["store"])),
     "disconnect": (_no_prep, lambda s: s.endpoints.disconnect("back", "web")),
+    "publish": (_no_prep, lambda s: s.endpoints.publish("web", ["9100-9101:90-91", "9153:53/udp"])),
+    "unpublish": (_no_prep, lambda s: s.endpoints.unpublish("web", ["5353:53/udp"])),
     "nat import": (_no_prep, lambda s: s.nat.import_("*nat\n-A POSTROUTING -o uplink0 -j MASQUERADE\nCOMMIT\n")),
 }
 
