@@ -528,7 +528,11 @@ class EbpfNat(NatEngine):
         named = any(idx in self._rule_iface_idx or _named_by(self._rule_ifaces, name)
                     for idx, (kind, name, master) in latest.items())
         self._follow_links(latest)
-        return named
+        if not named or self._last_compile is None:
+            return named
+        # an event about a named interface (a bridge gaining a port, a link going up) matters
+        # only if what the names resolve to changed since the last compile
+        return self._binding_of(self._rule_ifaces) != self._last_compile["fingerprint"][1]
 
     def _follow_links(self, latest: dict) -> None:
         for idx, (kind, name, master) in latest.items():
@@ -702,7 +706,9 @@ class EbpfNat(NatEngine):
         """What the rules' interface names resolve to now: an exact name's ifindex, a PREFIX+
         wildcard's matching names and their ifindexes. Part of the compile's identity, and
         kept (self._rule_ifaces) for the link watch to tell which changes matter."""
-        names = _iface_names(rs)
+        return self._binding_of(_iface_names(rs))
+
+    def _binding_of(self, names: set[str]) -> tuple:
         links = None
         out, bound = [], set()
         for n in sorted(names):
